@@ -63,9 +63,7 @@ class TextGenerator:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_path(
-        cls, path: str | Path, dtype: torch.dtype = torch.float32, progress: bool = False
-    ) -> TextGenerator:
+    def from_path(cls, path: str | Path, dtype: torch.dtype = torch.float32, progress: bool = False) -> TextGenerator:
         model, tokenizer = load_model_and_tokenizer(path, dtype=dtype, progress=progress)
         return cls(model, tokenizer)
 
@@ -77,7 +75,11 @@ class TextGenerator:
     def stream(
         self, prompt: str | list[int], params: SamplingParams, stats: GenerationStats | None = None
     ) -> Iterator[StreamEvent]:
-        """Yield each generated token with its text delta; the end-of-generation token itself is not yielded."""
+        """Yield each generated token with its text delta; the end-of-generation token itself is not yielded.
+
+        An invalid prompt raises ValidationError here, at the call, not at the first next(): a server can then
+        answer with an error before it starts a streamed response.
+        """
         stats = stats if stats is not None else GenerationStats()
         prompt_ids = self.encode_prompt(prompt)
         context_length = self.model.config.context_length
@@ -87,11 +89,13 @@ class TextGenerator:
             raise ValidationError(
                 f"prompt of {len(prompt_ids)} tokens does not fit the context length of {context_length}"
             )
+        return self._stream(prompt_ids, params, stats)
+
+    def _stream(self, prompt_ids: list[int], params: SamplingParams, stats: GenerationStats) -> Iterator[StreamEvent]:
+        context_length = self.model.config.context_length
         max_len = min(context_length, len(prompt_ids) + params.max_tokens)
         cache = self.model.new_kv_cache(max_len)
-        stop_ids = set(params.stop_token_ids) | (
-            set() if params.ignore_eos else set(self.tokenizer.eog_token_ids)
-        )
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.eog_token_ids))
         generator = make_generator(params.seed)
         # Bytes of a multi-byte character may span tokens: decode incrementally so no delta splits one.
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

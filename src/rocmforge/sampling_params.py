@@ -27,9 +27,15 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", "an integer >= 1")
+        # Materialise first: validating a one-shot iterable (a generator) would otherwise consume it and
+        # silently leave no stop tokens.
+        try:
+            stop_token_ids = tuple(self.stop_token_ids)
+        except TypeError:
+            stop_token_ids = (None,)  # not iterable: fails the check below with the field's name
+        _check(_is_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens", "an integer >= 1")
         _check(_is_number(self.temperature) and self.temperature >= 0, "temperature", "a number >= 0")
-        _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", "an integer >= -1 (0 or -1: off)")
+        _check(_is_int(self.top_k) and self.top_k >= -1, "top_k", "an integer >= -1 (0 or -1: off)")
         _check(_is_number(self.top_p) and 0 < self.top_p <= 1, "top_p", "in (0, 1]")
         _check(_is_number(self.min_p) and 0 <= self.min_p <= 1, "min_p", "in [0, 1]")
         _check(
@@ -37,23 +43,29 @@ class SamplingParams:
             "repetition_penalty",
             "a number > 0",
         )
-        _check(
-            self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "seed", "an integer >= 0"
-        )
-        _check(
-            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
-            "stop_token_ids",
-            "a list of token ids >= 0",
-        )
-        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        # torch.Generator.manual_seed takes at most 64 bits; a larger seed would fail only mid-request.
+        _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**64), "seed", "an integer in [0, 2**64)")
+        _check(all(_is_int(t) and t >= 0 for t in stop_token_ids), "stop_token_ids", "a list of token ids >= 0")
+        _check(isinstance(self.ignore_eos, bool), "ignore_eos", "a boolean")
+        object.__setattr__(self, "stop_token_ids", stop_token_ids)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
 
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, but True as max_tokens or a token id is a caller's mistake, not 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400): not a usable parameter either
+        return False
 
 
 def _check(ok: bool, name: str, requirement: str) -> None:

@@ -74,7 +74,11 @@ def sample_token(
         logits = apply_repetition_penalty(logits, history, params.repetition_penalty)
     if params.greedy:
         return int(torch.argmax(logits))
-    logits = logits / params.temperature
+    # Shift the maximum to 0 before dividing: a tiny temperature (1e-40 is a valid one) would otherwise turn
+    # logits into inf and softmax into NaN. Softmax and every mask below are shift-invariant. A temperature
+    # below float32's smallest normal would round to 0 (0 / 0 = NaN), so it is raised to that: same draw.
+    temperature = max(params.temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.max()) / temperature
     logits = top_k_mask(logits, params.top_k)
     logits = top_p_mask(logits, params.top_p)
     logits = min_p_mask(logits, params.min_p)
