@@ -20,6 +20,9 @@ _ROPE_STYLE: dict[str, RopeStyle] = {"llama": "norm", "qwen2": "neox", "qwen3": 
 # llama.cpp hard-codes Gemma 3's layer pattern when the file does not carry one: 5 sliding, then 1 global.
 _GEMMA3_SWA_PERIOD = 6
 _GEMMA3_ROPE_BASE_SWA = 10_000.0
+# Far above any real model (the deepest have ~128 layers): the config builds per-layer tuples, so a corrupt
+# block_count of 2**32 would otherwise allocate gigabytes before any tensor is checked.
+MAX_LAYERS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,16 @@ class ModelConfig:
         return _parse_config(gguf_file)
 
 
-def _get_int(f: GGUFFile, key: str, default: int | None = None, *, minimum: int = 1) -> int:
+def _get_int(
+    f: GGUFFile, key: str, default: int | None = None, *, minimum: int = 1, maximum: int | None = None
+) -> int:
     value = f.metadata.get(key, default)
     if value is None:
         raise GGUFError(f"{f.path}: missing metadata key {key!r}")
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise GGUFError(f"{f.path}: metadata key {key!r} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise GGUFError(f"{f.path}: metadata key {key!r} is absurdly large: {value} (at most {maximum})")
     return value
 
 
@@ -101,6 +108,9 @@ def _per_layer_int(f: GGUFFile, key: str, num_layers: int) -> int:
     """Head counts may be stored per layer (an array); rocmforge supports only uniform ones."""
     value = f.metadata.get(key)
     if isinstance(value, list):
+        # Check item types first: set() below raises TypeError on nested arrays (unhashable lists).
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise GGUFError(f"{f.path}: metadata key {key!r} must hold integers, got {value[:8]!r}")
         if len(value) != num_layers or len(set(value)) != 1:
             raise UnsupportedModelError(
                 f"{f.path}: per-layer {key!r} values {value[:8]}... are not supported"
@@ -139,7 +149,7 @@ def _parse_config(f: GGUFFile) -> ModelConfig:
         raise UnsupportedModelError(
             f"{f.path}: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    num_layers = _get_int(f, f"{arch}.block_count")
+    num_layers = _get_int(f, f"{arch}.block_count", maximum=MAX_LAYERS)
     hidden_size = _get_int(f, f"{arch}.embedding_length")
     num_heads = _per_layer_int(f, f"{arch}.attention.head_count", num_layers)
     num_kv_heads = (

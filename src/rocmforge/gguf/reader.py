@@ -10,6 +10,7 @@ stays the reference for dequantization and the writer for test and synthetic fil
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -93,10 +94,14 @@ class _Cursor:
     def string(self, what: str) -> str:
         length = self.u64(f"length of {what}")
         if length > self.remaining:
-            raise self.fail(f"absurd string length {length} for {what}: only {self.remaining} bytes remain")
-        raw = self.take(length, what)
+            raise self.fail(
+                f"absurd string length {length} for {what}: only {self.remaining} bytes remain (truncated or corrupt)"
+            )
+        # Copy before decoding: a memoryview slice kept alive by a decode error's traceback would pin the
+        # mapping, and close() would then fail and mask the real fault.
+        raw = bytes(self.take(length, what))
         try:
-            return bytes(raw).decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise self.fail(f"{what} is not valid UTF-8 ({exc.reason})") from None
 
@@ -126,7 +131,10 @@ def _read_value(cursor: _Cursor, vtype: GGUFValueType, key: str, depth: int = 0)
         8 if item_type == GGUFValueType.STRING else _SCALAR_DTYPES.get(item_type, np.dtype("u1")).itemsize
     )
     if count * min_size > cursor.remaining:
-        raise cursor.fail(f"absurd array length {count} for metadata key {key!r}")
+        raise cursor.fail(
+            f"absurd array length {count} for metadata key {key!r}: only {cursor.remaining} bytes remain "
+            "(truncated or corrupt)"
+        )
     if item_type in _SCALAR_DTYPES:
         dtype = _SCALAR_DTYPES[item_type]
         values = np.frombuffer(cursor.take(count * dtype.itemsize, f"array {key!r}"), dtype=dtype)
@@ -155,7 +163,9 @@ class GGUFFile:
         try:
             self._parse()
         except BaseException:
-            self.close()
+            # Not close(): if the exception's traceback still references a view, close() would raise
+            # "cannot unmap" and hide the parse error that names the actual fault.
+            self._drop()
             raise
 
     # -- parsing -------------------------------------------------------------------------------------
@@ -184,9 +194,13 @@ class GGUFFile:
         kv_count = cursor.u64("metadata count")
         # A key-value pair is at least 13 bytes and a tensor info at least 24: bound both counts by the file.
         if kv_count * 13 > cursor.remaining:
-            raise cursor.fail(f"absurd metadata count {kv_count} for a file of {len(cursor.buf)} bytes")
+            raise cursor.fail(
+                f"absurd metadata count {kv_count} for a file of {len(cursor.buf)} bytes (truncated or corrupt)"
+            )
         if tensor_count * 24 > cursor.remaining:
-            raise cursor.fail(f"absurd tensor count {tensor_count} for a file of {len(cursor.buf)} bytes")
+            raise cursor.fail(
+                f"absurd tensor count {tensor_count} for a file of {len(cursor.buf)} bytes (truncated or corrupt)"
+            )
 
         self.metadata: dict[str, Any] = {}
         for index in range(kv_count):
@@ -197,7 +211,13 @@ class GGUFFile:
             self.metadata[key] = _read_value(cursor, vtype, key)
 
         alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        # bool is an int subclass; a BOOL-typed alignment is as malformed as a string one.
+        if (
+            not isinstance(alignment, int)
+            or isinstance(alignment, bool)
+            or alignment <= 0
+            or alignment & (alignment - 1)
+        ):
             raise cursor.fail(f"general.alignment must be a positive power of two, got {alignment!r}")
         self.alignment = alignment
 
@@ -233,7 +253,10 @@ class GGUFFile:
     ) -> TensorInfo:
         if name in self.tensors:
             raise GGUFError(f"{self.path}: duplicate tensor {name!r}")
-        if any(d == 0 for d in ne) or np.prod([float(d) for d in ne]) > MAX_TENSOR_ELEMENTS:
+        # Said apart from absurd sizes: an empty tensor is a different fault from an overflowing one.
+        if any(d == 0 for d in ne):
+            raise GGUFError(f"{self.path}: tensor {name!r} has a zero dimension in its shape {list(ne)}")
+        if np.prod([float(d) for d in ne]) > MAX_TENSOR_ELEMENTS:
             raise GGUFError(f"{self.path}: tensor {name!r} has absurd shape {list(ne)}")
         if qtype not in GGML_QUANT_SIZES:
             raise GGUFError(
@@ -266,9 +289,14 @@ class GGUFFile:
 
     @property
     def architecture(self) -> str:
-        arch = self.metadata.get("general.architecture")
-        if not isinstance(arch, str):
+        if "general.architecture" not in self.metadata:
             raise GGUFError(f"{self.path}: missing metadata key 'general.architecture'")
+        arch = self.metadata["general.architecture"]
+        if not isinstance(arch, str):
+            # Present but mistyped: say so rather than calling it missing.
+            raise GGUFError(
+                f"{self.path}: metadata key 'general.architecture' is {type(arch).__name__}, expected a string"
+            )
         return arch
 
     def require(self, key: str) -> Any:
@@ -307,13 +335,26 @@ class GGUFFile:
             ) from None
         self._mmap = None
 
+    def _drop(self) -> None:
+        """Unmap if possible, else let go of the mapping (it is unmapped when the last view dies). Never raises."""
+        if self._mmap is None:
+            return
+        with contextlib.suppress(BufferError):
+            self._mmap.close()
+        self._mmap = None
+
     def __enter__(self) -> GGUFFile:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        if exc is None:
+            self.close()
+        else:
+            # An exception is in flight (e.g. an unsupported tensor type found while loading): its traceback
+            # may still reference tensor views, and a "cannot unmap" error must not replace it.
+            self._drop()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.tensors)} tensors"

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from rocmforge.config import ModelConfig
 from rocmforge.errors import GGUFError, UnsupportedModelError
-from rocmforge.gguf.quants import dequantize
+from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES, dequantize
 from rocmforge.gguf.reader import GGUFFile
 from rocmforge.gguf.tokenizer import Tokenizer
 from rocmforge.layers.linear import Linear
@@ -34,6 +34,12 @@ class _TensorLoader:
             raise GGUFError(
                 f"{self.file.path}: tensor {name!r} has shape {list(info.shape)}, "
                 f"but the model's metadata implies {list(shape)}"
+            )
+        # Refuse unsupported types before taking a view of the mapping: an exception raised with a view still
+        # referenced from its traceback would keep the file mapped after the loader returns.
+        if info.qtype not in SUPPORTED_QUANT_TYPES:
+            raise UnsupportedModelError(
+                f"{self.file.path}: tensor {name!r} has type {info.qtype.name}, which is not supported"
             )
         try:
             tensor = dequantize(self.file.raw_tensor(name), info.qtype, info.shape)
