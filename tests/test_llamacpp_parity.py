@@ -1,0 +1,182 @@
+"""Our CPU reference path against llama.cpp (llama-cpp-python) on the three named models.
+
+llama.cpp's CPU path quantizes activations to 8 bits inside its dot products and keeps K/V in f16, so its
+logits are close to ours, not equal: we compare greedy tokens and next-token distributions, not floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rocmforge.generation import TextGenerator
+from rocmforge.sampling_params import SamplingParams
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the test oracle (pip install .[test])")
+
+GREEDY_PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "import numpy as np\n\n# Compute the mean of an array\n",
+    "Water boils at a temperature of",
+    "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n",
+    "The quick brown fox",
+    "In 1969, the first humans",
+    "List of fruits:\n1. Apple\n2.",
+)
+NUM_GREEDY_TOKENS = 32
+# llama.cpp's 8-bit activations move logits by up to a few tenths (measured: our choice differs from its
+# greedy token at 1-4% of positions, always where its own top two were within 0.33). A disagreement
+# counts as a near-tie below this margin; a real bug moves logits by far more.
+NEAR_TIE_LOGITS = 0.5
+MIN_GREEDY_EXACT = 0.95
+PASSAGE_PROMPTS = ("It was the best of times, it was the worst of times,", "def quicksort(arr):")
+MIN_PASSAGE_TOKENS = 256
+
+
+def _kl(reference: torch.Tensor, ours: torch.Tensor) -> torch.Tensor:
+    """KL(reference || ours) per position from raw logits."""
+    log_ref, log_ours = reference.log_softmax(-1), ours.log_softmax(-1)
+    return (log_ref.exp() * (log_ref - log_ours)).sum(-1)
+
+
+class Oracle:
+    """llama.cpp on one model: greedy decoding and teacher-forced logits for given token ids."""
+
+    def __init__(self, path: Path, **kwargs: object) -> None:
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=1024, logits_all=True, n_threads=2, seed=0, verbose=False, **kwargs
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=True, special=True)
+
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        self.llm.reset()
+        self.llm.eval(token_ids)
+        return torch.tensor(np.array(self.llm.scores[: len(token_ids)]), dtype=torch.float32)
+
+    def greedy_with_logits(self, token_ids: list[int], num_tokens: int) -> tuple[list[int], torch.Tensor]:
+        """llama.cpp's own greedy decode (one token per eval) and the logits it chose each token from."""
+        self.llm.reset()
+        self.llm.eval(token_ids)
+        out: list[int] = []
+        rows: list[np.ndarray] = []
+        for _ in range(num_tokens):
+            row = np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+            out.append(int(np.argmax(row)))
+            rows.append(row)
+            self.llm.eval([out[-1]])
+        return out, torch.from_numpy(np.stack(rows))
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+@pytest.fixture(scope="module")
+def pair(named_model: tuple[str, Path]) -> Iterator[tuple[str, TextGenerator, Oracle]]:
+    name, path = named_model
+    oracle = Oracle(path)
+    yield name, TextGenerator.from_path(path, dtype=torch.float32), oracle
+    oracle.close()
+
+
+GreedyRuns = dict[str, tuple[list[int], list[int], torch.Tensor]]
+
+
+@pytest.fixture(scope="module")
+def greedy_runs(pair: tuple[str, TextGenerator, Oracle]) -> GreedyRuns:
+    """llama.cpp's greedy runs for every prompt, computed once per model: prompt ids, tokens, logits."""
+    oracle = pair[2]
+    runs: GreedyRuns = {}
+    for prompt in GREEDY_PROMPTS:
+        prompt_ids = oracle.tokenize(prompt)
+        runs[prompt] = (prompt_ids, *oracle.greedy_with_logits(prompt_ids, NUM_GREEDY_TOKENS))
+    return runs
+
+
+def test_greedy_tokens_match_llamacpp(pair: tuple[str, TextGenerator, Oracle], greedy_runs: GreedyRuns) -> None:
+    """Along llama.cpp's greedy path, our greedy choice is llama.cpp's token, except at llama.cpp's own near-ties.
+
+    Exact equality of whole 32-token greedy runs is not a property llama.cpp has with itself: with K/V in f16
+    versus f32 its own greedy runs part ways on most of these prompts at the first near-tie, and
+    everything after differs. So we follow llama.cpp's path (teacher forcing) and check every position.
+    """
+    name, ours, _ = pair
+    positions = exact = 0
+    far_off: list[tuple[str, int, float]] = []
+    for prompt, (prompt_ids, expected, reference) in greedy_runs.items():
+        sequence = prompt_ids + expected
+        logits = ours.model.forward(torch.tensor(sequence), 0, ours.model.new_kv_cache(len(sequence)), all_logits=True)
+        chosen = logits[len(prompt_ids) - 1 : -1].argmax(-1).tolist()
+        for step, (want, got) in enumerate(zip(expected, chosen, strict=True)):
+            positions += 1
+            if want == got:
+                exact += 1
+                continue
+            margin = float(reference[step][want] - reference[step][got])
+            if margin >= NEAR_TIE_LOGITS:
+                far_off.append((prompt, step, margin))
+    assert not far_off, f"{name}: we pick a token llama.cpp ranks clearly lower at {far_off}"
+    assert exact / positions >= MIN_GREEDY_EXACT, f"{name}: only {exact}/{positions} greedy tokens equal llama.cpp's"
+
+
+def test_greedy_generation_follows_llamacpp_until_a_near_tie(
+    pair: tuple[str, TextGenerator, Oracle], greedy_runs: GreedyRuns
+) -> None:
+    """Free-running greedy generation (our own decode loop, KV cache and stop logic) equals llama.cpp's run
+    token for token up to the first position where llama.cpp's top two logits are within the near-tie band."""
+    name, ours, _ = pair
+    params = SamplingParams(max_tokens=NUM_GREEDY_TOKENS, temperature=0.0, ignore_eos=True)
+    for prompt, (prompt_ids, expected, reference) in greedy_runs.items():
+        got = ours.generate(prompt_ids, params).token_ids
+        assert len(got) == NUM_GREEDY_TOKENS
+        split = next((i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b), None)
+        if split is None:
+            continue
+        top2 = torch.topk(reference[split], 2).values
+        assert float(top2[0] - top2[1]) < NEAR_TIE_LOGITS, (
+            f"{name} {prompt!r}: diverged at token {split} where llama.cpp's choice was clear "
+            f"(margin {float(top2[0] - top2[1]):.3f}): {expected} vs {got}"
+        )
+
+
+def _passage(oracle: Oracle, prompt: str) -> list[int]:
+    """A passage of llama.cpp's own greedy continuation, so that it is text the model finds likely."""
+    prompt_ids = oracle.tokenize(prompt)
+    return prompt_ids + oracle.greedy_with_logits(prompt_ids, MIN_PASSAGE_TOKENS + 16)[0]
+
+
+def test_teacher_forced_distribution_matches_llamacpp(
+    pair: tuple[str, TextGenerator, Oracle], named_model: tuple[str, Path]
+) -> None:
+    name, ours, oracle = pair
+    # llama.cpp against itself with K/V in f32 and no flash attention: the noise floor of its own numerics.
+    exact_oracle = Oracle(named_model[1], type_k=0, type_v=0, flash_attn=False)
+    try:
+        for prompt in PASSAGE_PROMPTS:
+            token_ids = _passage(oracle, prompt)
+            assert len(token_ids) >= MIN_PASSAGE_TOKENS
+            reference = oracle.logits(token_ids)
+            mine = ours.model.forward(
+                torch.tensor(token_ids), 0, ours.model.new_kv_cache(len(token_ids)), all_logits=True
+            )
+            kl = _kl(reference, mine).mean().item()
+            agreement = (reference.argmax(-1) == mine.argmax(-1)).float().mean().item()
+            self_agreement = (reference.argmax(-1) == exact_oracle.logits(token_ids).argmax(-1)).float().mean().item()
+            assert kl < 0.01, f"{name} {prompt!r}: mean KL(llama.cpp || ours) = {kl:.5f}"
+            # Top-1 must agree at >= 99% of positions, or, where llama.cpp's two precision settings disagree
+            # with each other more often than that (near-ties under its 8-bit activations), at least as
+            # often as llama.cpp agrees with itself.
+            assert agreement >= min(0.99, self_agreement), (
+                f"{name} {prompt!r}: top-1 agreement {agreement:.4f} "
+                f"(llama.cpp f16-KV vs f32-KV agree at {self_agreement:.4f})"
+            )
+    finally:
+        exact_oracle.close()
