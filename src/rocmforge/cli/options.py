@@ -1,0 +1,37 @@
+"""Options shared by several sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from rocmforge.errors import ConfigError
+from rocmforge.hub import DEFAULT_MODEL
+
+DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help=f"a named model (see `rocmforge models`) or a path to a GGUF file (default: {DEFAULT_MODEL})",
+    )
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="bf16",
+        help="storage and matmul dtype of weight matrices; bf16 is fastest on CPUs with AVX-512 BF16 (default: bf16)",
+    )
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(sorted(DTYPES))}") from None
