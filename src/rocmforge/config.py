@@ -77,9 +77,7 @@ class ModelConfig:
         return _parse_config(gguf_file)
 
 
-def _get_int(
-    f: GGUFFile, key: str, default: int | None = None, *, minimum: int = 1, maximum: int | None = None
-) -> int:
+def _get_int(f: GGUFFile, key: str, default: int | None = None, *, minimum: int = 1, maximum: int | None = None) -> int:
     value = f.metadata.get(key, default)
     if value is None:
         raise GGUFError(f"{f.path}: missing metadata key {key!r}")
@@ -94,12 +92,7 @@ def _get_float(f: GGUFFile, key: str, default: float | None = None) -> float:
     value = f.metadata.get(key, default)
     if value is None:
         raise GGUFError(f"{f.path}: missing metadata key {key!r}")
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise GGUFError(f"{f.path}: metadata key {key!r} must be a positive number, got {value!r}")
     return float(value)
 
@@ -112,9 +105,7 @@ def _per_layer_int(f: GGUFFile, key: str, num_layers: int) -> int:
         if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
             raise GGUFError(f"{f.path}: metadata key {key!r} must hold integers, got {value[:8]!r}")
         if len(value) != num_layers or len(set(value)) != 1:
-            raise UnsupportedModelError(
-                f"{f.path}: per-layer {key!r} values {value[:8]}... are not supported"
-            )
+            raise UnsupportedModelError(f"{f.path}: per-layer {key!r} values {value[:8]}... are not supported")
         value = value[0]
     if value is None:
         raise GGUFError(f"{f.path}: missing metadata key {key!r}")
@@ -130,8 +121,7 @@ def _sliding_layers(f: GGUFFile, arch: str, num_layers: int, window: int | None)
     if isinstance(pattern, list):
         if len(pattern) != num_layers:
             raise GGUFError(
-                f"{f.path}: {arch}.attention.sliding_window_pattern has {len(pattern)} entries "
-                f"for {num_layers} layers"
+                f"{f.path}: {arch}.attention.sliding_window_pattern has {len(pattern)} entries for {num_layers} layers"
             )
         return tuple(bool(p) for p in pattern)
     period = pattern if isinstance(pattern, int) and pattern > 0 else None
@@ -158,9 +148,7 @@ def _parse_config(f: GGUFFile) -> ModelConfig:
         else num_heads
     )
     if num_heads % num_kv_heads:
-        raise GGUFError(
-            f"{f.path}: {num_heads} attention heads are not a multiple of {num_kv_heads} KV heads"
-        )
+        raise GGUFError(f"{f.path}: {num_heads} attention heads are not a multiple of {num_kv_heads} KV heads")
     if hidden_size % num_heads and f"{arch}.attention.key_length" not in f.metadata:
         raise GGUFError(f"{f.path}: hidden size {hidden_size} is not a multiple of {num_heads} heads")
     head_dim = _get_int(f, f"{arch}.attention.key_length", hidden_size // num_heads)
@@ -187,9 +175,7 @@ def _parse_config(f: GGUFFile) -> ModelConfig:
 
     window = f.metadata.get(f"{arch}.attention.sliding_window")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-        raise GGUFError(
-            f"{f.path}: {arch}.attention.sliding_window must be a positive integer, got {window!r}"
-        )
+        raise GGUFError(f"{f.path}: {arch}.attention.sliding_window must be a positive integer, got {window!r}")
     rope_theta = _get_float(f, f"{arch}.rope.freq_base", 10_000.0)
     default_swa_base = _GEMMA3_ROPE_BASE_SWA if arch == "gemma3" else rope_theta
     is_gemma = arch == "gemma3"

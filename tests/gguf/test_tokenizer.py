@@ -174,9 +174,7 @@ _FRAGMENTS = st.one_of(
 
 @pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    text=st.lists(_FRAGMENTS, max_size=6).map("".join), add_special=st.booleans(), parse_special=st.booleans()
-)
+@given(text=st.lists(_FRAGMENTS, max_size=6).map("".join), add_special=st.booleans(), parse_special=st.booleans())
 def test_random_text_matches_llama_cpp(pair: Pair, text: str, add_special: bool, parse_special: bool) -> None:
     ids = pair.ours.encode(text, add_special, parse_special)
     assert ids == pair.encode(text, add_special, parse_special)

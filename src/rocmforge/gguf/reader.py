@@ -127,9 +127,7 @@ def _read_value(cursor: _Cursor, vtype: GGUFValueType, key: str, depth: int = 0)
     count = cursor.u64(f"array length of {key!r}")
     # Every element takes at least one byte (a string at least its 8-byte length), so a count larger than
     # the bytes left is corrupt: refuse it before looping or allocating.
-    min_size = (
-        8 if item_type == GGUFValueType.STRING else _SCALAR_DTYPES.get(item_type, np.dtype("u1")).itemsize
-    )
+    min_size = 8 if item_type == GGUFValueType.STRING else _SCALAR_DTYPES.get(item_type, np.dtype("u1")).itemsize
     if count * min_size > cursor.remaining:
         raise cursor.fail(
             f"absurd array length {count} for metadata key {key!r}: only {cursor.remaining} bytes remain "
@@ -259,9 +257,7 @@ class GGUFFile:
         if np.prod([float(d) for d in ne]) > MAX_TENSOR_ELEMENTS:
             raise GGUFError(f"{self.path}: tensor {name!r} has absurd shape {list(ne)}")
         if qtype not in GGML_QUANT_SIZES:
-            raise GGUFError(
-                f"{self.path}: tensor {name!r} has ggml type {qtype.name}, which has no known layout"
-            )
+            raise GGUFError(f"{self.path}: tensor {name!r} has ggml type {qtype.name}, which has no known layout")
         block_size, type_size = GGML_QUANT_SIZES[qtype]
         if ne[0] % block_size:
             raise GGUFError(
@@ -330,9 +326,7 @@ class GGUFFile:
         try:
             self._mmap.close()
         except BufferError:
-            raise GGUFError(
-                f"{self.path}: cannot unmap while views of its tensors are still referenced"
-            ) from None
+            raise GGUFError(f"{self.path}: cannot unmap while views of its tensors are still referenced") from None
         self._mmap = None
 
     def _drop(self) -> None:

@@ -86,21 +86,15 @@ _AUTODETECT: tuple[tuple[str, frozenset[str]], ...] = (
     ("eom", _words("<|eom_id|>")),
     (
         "fim_pre",
-        _words(
-            "<|fim_prefix|> <fim-prefix> <fim_prefix> <｜fim▁begin｜> <PRE> ▁<PRE> <|code_prefix|> <|prefix|>"
-        ),
+        _words("<|fim_prefix|> <fim-prefix> <fim_prefix> <｜fim▁begin｜> <PRE> ▁<PRE> <|code_prefix|> <|prefix|>"),
     ),
     (
         "fim_suf",
-        _words(
-            "<|fim_suffix|> <fim-suffix> <fim_suffix> <｜fim▁hole｜> <SUF> ▁<SUF> <|code_suffix|> <|suffix|>"
-        ),
+        _words("<|fim_suffix|> <fim-suffix> <fim_suffix> <｜fim▁hole｜> <SUF> ▁<SUF> <|code_suffix|> <|suffix|>"),
     ),
     (
         "fim_mid",
-        _words(
-            "<|fim_middle|> <fim-middle> <fim_middle> <｜fim▁end｜> <MID> ▁<MID> <|code_middle|> <|middle|>"
-        ),
+        _words("<|fim_middle|> <fim-middle> <fim_middle> <｜fim▁end｜> <MID> ▁<MID> <|code_middle|> <|middle|>"),
     ),
     ("fim_pad", _words("<|fim_pad|> <fim-pad> <fim_pad> <PAD> [PAD]")),
     ("fim_rep", _words("<|fim_repo|> <|repo_name|> <fim-repo> <REPO> <reponame>")),
@@ -159,9 +153,7 @@ class Tokenizer:
         self._source = source
         model = _get(metadata, "tokenizer.ggml.model", str, source, required=True)
         if model in _UNSUPPORTED_MODELS:
-            raise UnsupportedModelError(
-                f"{source}: tokenizer model {model!r} is not supported (only 'gpt2', 'llama')"
-            )
+            raise UnsupportedModelError(f"{source}: tokenizer model {model!r} is not supported (only 'gpt2', 'llama')")
         if model not in ("gpt2", "llama"):
             raise GGUFError(f"{source}: unknown tokenizer.ggml.model {model!r}")
         self._is_spm = model == "llama"
@@ -177,9 +169,7 @@ class Tokenizer:
         types = _get_list(metadata, "tokenizer.ggml.token_type", int, source)
         for key, values in (("tokenizer.ggml.scores", scores), ("tokenizer.ggml.token_type", types)):
             if values is not None and len(values) != n:
-                raise GGUFError(
-                    f"{source}: {key} has {len(values)} entries but tokenizer.ggml.tokens has {n}"
-                )
+                raise GGUFError(f"{source}: {key} has {len(values)} entries but tokenizer.ggml.tokens has {n}")
         vocab = {t: i for i, t in enumerate(tokens)}
         if len(vocab) != n:
             dup = next(t for i, t in enumerate(tokens) if vocab[t] != i)
@@ -187,9 +177,7 @@ class Tokenizer:
         self._tokens = tokens
         self._vocab = vocab
         self.vocab_size = n
-        attrs = (
-            [_TYPE_TO_ATTR.get(t, ATTR_UNDEFINED) for t in types] if types is not None else [ATTR_NORMAL] * n
-        )
+        attrs = [_TYPE_TO_ATTR.get(t, ATTR_UNDEFINED) for t in types] if types is not None else [ATTR_NORMAL] * n
         self._attrs = attrs
 
         # Defaults of llama.cpp's loader per vocabulary type, then what the metadata says.
@@ -216,9 +204,7 @@ class Tokenizer:
                 ids[name] = value
         add_bos = _get(metadata, "tokenizer.ggml.add_bos_token", bool, source, default=add_bos)
         add_eos = _get(metadata, "tokenizer.ggml.add_eos_token", bool, source, default=add_eos)
-        add_space_prefix = _get(
-            metadata, "tokenizer.ggml.add_space_prefix", bool, source, default=add_space_prefix
-        )
+        add_space_prefix = _get(metadata, "tokenizer.ggml.add_space_prefix", bool, source, default=add_space_prefix)
         self.add_bos, self.add_eos, self._add_space_prefix = add_bos, add_eos, add_space_prefix
         self._mark_special_by_text(ids)
         self.bos_token_id = ids.get("bos")

@@ -21,13 +21,10 @@ logger = logging.getLogger(__name__)
 # from each model's tokenizer.json). Contractions are spelled `'[sS]` instead of `(?i:'s)` as llama.cpp does.
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
-_LLAMA3 = (
-    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+_LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _QWEN35 = (
-    _CONTRACTIONS
-    + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _DEEPSEEK3_WORDS = (
     r"""[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"""
@@ -89,10 +86,7 @@ _PRE_TYPES: dict[str, tuple[tuple[str, ...], bool]] = {
     "tekken": ((_TEKKEN,), True),
     "gpt4o": ((_GPT4O,), False),
     "seed-coder": (
-        (
-            _CONTRACTIONS
-            + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
-        ),
+        (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",),
         False,
     ),
     "bailingmoe": (
@@ -189,9 +183,7 @@ def build_bpe_backend(vocab: dict[str, int], merges: Sequence[str], pre_type: st
     try:
         model = models.BPE(vocab=vocab, merges=usable, ignore_merges=ignore_merges, fuse_unk=False)
     except Exception as exc:
-        raise GGUFError(
-            f"{source}: cannot build the BPE tokenizer from its vocabulary and merges: {exc}"
-        ) from None
+        raise GGUFError(f"{source}: cannot build the BPE tokenizer from its vocabulary and merges: {exc}") from None
     backend = Tokenizer(model)
     splits: list[pre_tokenizers.PreTokenizer] = [
         pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in regexes

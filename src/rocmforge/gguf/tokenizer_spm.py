@@ -19,9 +19,7 @@ from rocmforge.errors import GGUFError
 SPACE_ESCAPE = "\u2581"  # "▁": SentencePiece writes spaces as this character inside tokens.
 
 
-def merges_from_scores(
-    tokens: Sequence[str], scores: Sequence[float], vocab: dict[str, int]
-) -> list[tuple[str, str]]:
+def merges_from_scores(tokens: Sequence[str], scores: Sequence[float], vocab: dict[str, int]) -> list[tuple[str, str]]:
     """Every split of every token into two vocabulary tokens, best merged-token score first.
 
     llama.cpp merges any adjacent pair whose concatenation is in the vocabulary, so every such split is a
@@ -44,16 +42,12 @@ def merges_from_scores(
     return [(left, right) for _, _, _, left, right in ranked]
 
 
-def build_spm_backend(
-    tokens: Sequence[str], scores: Sequence[float], vocab: dict[str, int], source: str
-) -> Tokenizer:
+def build_spm_backend(tokens: Sequence[str], scores: Sequence[float], vocab: dict[str, int], source: str) -> Tokenizer:
     """A `tokenizers.Tokenizer` turning space-escaped text (no special tokens) into ids like llama.cpp."""
     merges = merges_from_scores(tokens, scores, vocab)
     try:
         model = models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=False)
     except Exception as exc:
-        raise GGUFError(
-            f"{source}: cannot build the SentencePiece tokenizer from its vocabulary: {exc}"
-        ) from None
+        raise GGUFError(f"{source}: cannot build the SentencePiece tokenizer from its vocabulary: {exc}") from None
     # No normalizer and no pre-tokenizer: llama.cpp runs the merges over the whole text fragment at once.
     return Tokenizer(model)

@@ -79,8 +79,16 @@ def sample_token(
     # below float32's smallest normal would round to 0 (0 / 0 = NaN), so it is raised to that: same draw.
     temperature = max(params.temperature, torch.finfo(torch.float32).tiny)
     logits = (logits - logits.max()) / temperature
-    logits = top_k_mask(logits, params.top_k)
+    candidates = None
+    if 0 < params.top_k < logits.shape[-1]:
+        # Narrow to the top-k candidates (ties at the k-th value included, as top_k_mask keeps them) before
+        # top-p's sort and the draw: sorting 40 values instead of a whole vocabulary is what keeps sampling
+        # cheap next to a decode step. Masked-out tokens have probability 0 either way.
+        kth = torch.topk(logits, params.top_k).values[-1]
+        candidates = torch.nonzero(logits >= kth).squeeze(1)
+        logits = logits[candidates]
     logits = top_p_mask(logits, params.top_p)
     logits = min_p_mask(logits, params.min_p)
     probs = logits.softmax(dim=-1).cpu()
-    return int(torch.multinomial(probs, 1, generator=generator))
+    choice = int(torch.multinomial(probs, 1, generator=generator))
+    return int(candidates[choice]) if candidates is not None else choice

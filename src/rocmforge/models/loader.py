@@ -95,14 +95,10 @@ def load_weights(
         layers = [_load_layer(load, config, i) for i in range(config.num_layers)]
         final_norm = load("output_norm.weight", (config.hidden_size,), torch.float32)
         lm_head = Linear(
-            embed
-            if config.tie_word_embeddings
-            else load("output.weight", (config.vocab_size, config.hidden_size))
+            embed if config.tie_word_embeddings else load("output.weight", (config.vocab_size, config.hidden_size))
         )
         freq_factors = (
-            load("rope_freqs.weight", (config.rope_dim // 2,), torch.float32)
-            if load.has("rope_freqs.weight")
-            else None
+            load("rope_freqs.weight", (config.rope_dim // 2,), torch.float32) if load.has("rope_freqs.weight") else None
         )
     return ModelWeights(embed, layers, final_norm, lm_head, freq_factors)
 
