@@ -15,7 +15,7 @@ from gguf.gguf_writer import GGUFWriter
 from rocmforge.config import SUPPORTED_ARCHITECTURES, ModelConfig, describe
 from rocmforge.errors import GGUFError, UnsupportedModelError
 from rocmforge.gguf.reader import GGUFFile
-from tests.gguf.factories import HIDDEN, VOCAB_SIZE, V, model_metadata
+from tests.gguf.factories import HIDDEN, VOCAB_SIZE, V, add_metadata, model_metadata, raises_naming
 
 
 def config_of(
@@ -31,14 +31,7 @@ def config_of(
     """
     path = tmp_path / f"{arch}.gguf"
     writer = GGUFWriter(path, arch)
-    kv = model_metadata(arch) | dict(overrides or {})
-    for key in drop:
-        kv.pop(key, None)
-    for key, (value, vtype) in kv.items():
-        if vtype == V.ARRAY:
-            writer.add_array(key, value)
-        else:
-            writer.add_key_value(key, value, vtype)
+    add_metadata(writer, model_metadata(arch) | dict(overrides or {}), drop)
     for name, shape in (tensors or {}).items():
         writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
     writer.write_header_to_file()
@@ -50,14 +43,7 @@ def config_of(
 
 
 def config_error(tmp_path: Path, *fragments: str, error: type[GGUFError] = GGUFError, **kwargs: Any) -> str:
-    with pytest.raises(GGUFError) as info:
-        config_of(tmp_path, **kwargs)
-    message = str(info.value)
-    assert isinstance(info.value, error), f"{type(info.value).__name__}: {message}"
-    assert str(tmp_path) in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
+    return raises_naming(lambda: config_of(tmp_path, **kwargs), tmp_path, *fragments, error=error)
 
 
 # -- what each architecture gets ----------------------------------------------------------------------------

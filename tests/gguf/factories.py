@@ -10,15 +10,18 @@ faults the writer refuses to produce (duplicate keys, unknown value types, absur
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.gguf_writer import GGUFWriter
 from gguf.quants import quantize
+
+from rocmforge.errors import GGUFError
 
 Q = GGMLQuantizationType
 V = GGUFValueType
@@ -115,6 +118,30 @@ def model_metadata(arch: str = "llama", num_layers: int = NUM_LAYERS, ff: int = 
     }
 
 
+def add_metadata(writer: GGUFWriter, kv: Mapping[str, tuple[Any, V]], drop_keys: Iterable[str] = ()) -> None:
+    """Add typed key-value pairs to a writer, leaving out `drop_keys` (to make a key go missing)."""
+    dropped = set(drop_keys)
+    for key, (value, vtype) in kv.items():
+        if key in dropped:
+            continue
+        if vtype == V.ARRAY:
+            writer.add_array(key, value)
+        else:
+            writer.add_key_value(key, value, vtype)
+
+
+def raises_naming(action: Callable[[], object], path: Path, *fragments: str, error: type[Exception]) -> str:
+    """Run `action`; it must raise `error` (a GGUFError or subclass) whose message names `path` and every fragment."""
+    with pytest.raises(GGUFError) as info:
+        action()
+    message = str(info.value)
+    assert isinstance(info.value, error), f"{type(info.value).__name__}: {message}"
+    assert str(path) in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
 def _random_blocks(rng: np.random.Generator, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> np.ndarray:
     """Random raw blocks of `qtype` for `shape`: (rows, bytes per row) uint8, as GGUFWriter takes raw data."""
     block_size, type_size = GGML_QUANT_SIZES[qtype]
@@ -175,14 +202,7 @@ def write_model(
     writer = GGUFWriter(path, arch)
     if alignment is not None:
         writer.add_custom_alignment(alignment)
-    kv = model_metadata(arch, num_layers, ff) | dict(metadata or {})
-    for key in drop_keys:
-        kv.pop(key, None)
-    for key, (value, vtype) in kv.items():
-        if vtype == V.ARRAY:
-            writer.add_array(key, value)
-        else:
-            writer.add_key_value(key, value, vtype)
+    add_metadata(writer, model_metadata(arch, num_layers, ff) | dict(metadata or {}), drop_keys)
     result = ModelFile(path)
     all_shapes = tensor_shapes(num_layers, ff, tied) | dict(shapes or {})
     dropped = set(drop_tensors)

@@ -38,6 +38,7 @@ from tests.gguf.factories import (
     pack_kv,
     pack_string,
     pack_tensor_info,
+    raises_naming,
     scan_header,
     write_model,
 )
@@ -75,14 +76,7 @@ def expect_error(
     error: type[GGUFError] = GGUFError,
 ) -> str:
     """Run `action(path)`; it must raise exactly `error` (or a subclass) naming the file and every fragment."""
-    with pytest.raises(GGUFError) as info:
-        action(path)
-    message = str(info.value)
-    assert isinstance(info.value, error), f"{type(info.value).__name__}: {message}"
-    assert str(path) in message, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    return message
+    return raises_naming(lambda: action(path), path, *fragments, error=error)
 
 
 def write(tmp_path: Path, data: bytes, name: str = "bad.gguf") -> Path:
