@@ -1,0 +1,37 @@
+"""Whether the Triton kernels can run here, so that callers can fall back to the torch references."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["interpreter_enabled", "triton_available", "triton_device"]
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET`` is set to a true value (Triton then runs kernels on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_available() -> bool:
+    """True when Triton is installed and either a GPU (CUDA or ROCm) is present or the interpreter is on.
+
+    Note that Triton decides between compiling and interpreting when a kernel is *defined*: set
+    ``TRITON_INTERPRET`` before ``rocmforge.kernels.triton`` is first imported.
+    """
+    return _triton_installed() and (interpreter_enabled() or torch.cuda.is_available())
+
+
+def triton_device() -> torch.device:
+    """The device that Triton kernels run on here: the GPU, or the CPU under the interpreter."""
+    if interpreter_enabled() or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
