@@ -9,6 +9,12 @@ each kernel test runs. Outside these tests the variable is restored, so other te
 interpreter they did not ask for; the interpreted kernels stay cached in ``sys.modules``, unused
 there because ``triton_available()`` is False without a GPU.
 
+One case defeats this: Triton's own standard library (``tl.sum``'s combine function, ...) is
+defined with ``@triton.jit`` too, when ``triton`` is first imported. If some earlier test module
+imported triton without the variable, the interpreter cannot run in this process; then the kernel
+tests here are skipped and ``test_interpreter_in_subprocess`` runs them in a fresh interpreter
+process instead (it is skipped otherwise).
+
 Tests marked ``gpu`` are skipped when no CUDA/ROCm device is present.
 """
 
@@ -26,6 +32,21 @@ import torch
 _KERNEL_MODULES = ("rocmforge.kernels.triton.dequant_blocks", "rocmforge.kernels.triton.quant_matmul")
 
 HAS_GPU = torch.cuda.is_available()
+SUBPROCESS_TEST = "test_interpreter_in_subprocess"
+
+
+def _triton_imported_compiled() -> bool:
+    """True when triton's standard library was already defined for compilation, not interpretation."""
+    standard = sys.modules.get("triton.language.standard")
+    if standard is None:
+        return False
+    from triton.runtime.jit import JITFunction
+
+    return isinstance(standard.cdiv, JITFunction)
+
+
+# Whether the CPU interpreter can run in this process (irrelevant with a GPU).
+INTERPRETER_IN_PROCESS = not HAS_GPU and not _triton_imported_compiled()
 
 
 def _import_kernels_interpreted() -> None:
@@ -45,23 +66,32 @@ def _import_kernels_interpreted() -> None:
             os.environ["TRITON_INTERPRET"] = previous
 
 
-if not HAS_GPU:
+if INTERPRETER_IN_PROCESS:
     # Side effect at import on purpose: it must precede the import of the test modules.
     _import_kernels_interpreted()
 
 
 @pytest.fixture(autouse=True)
 def _triton_interpreter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    if not HAS_GPU:
+    if INTERPRETER_IN_PROCESS:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if HAS_GPU:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA or ROCm GPU")
+    # Called with the whole session's items: only those of this directory are ours.
     here = os.path.dirname(__file__)
+    no_gpu = pytest.mark.skip(reason="needs a CUDA or ROCm GPU")
+    not_needed = pytest.mark.skip(reason="the kernel tests run in this process")
+    moved = pytest.mark.skip(reason=f"triton was imported before TRITON_INTERPRET was set; {SUBPROCESS_TEST} runs this")
     for item in items:
-        if "gpu" in item.keywords and str(item.path).startswith(here):
-            item.add_marker(skip)
+        if not str(item.path).startswith(here):
+            continue
+        if item.name == SUBPROCESS_TEST:
+            if HAS_GPU or INTERPRETER_IN_PROCESS:
+                item.add_marker(not_needed)
+        elif "gpu" in item.keywords:
+            if not HAS_GPU:
+                item.add_marker(no_gpu)
+        elif not HAS_GPU and not INTERPRETER_IN_PROCESS:
+            item.add_marker(moved)

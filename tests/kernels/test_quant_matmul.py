@@ -15,6 +15,11 @@ typical error far smaller).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -182,6 +187,15 @@ def test_rejects_mismatched_x(device: torch.device) -> None:
         quant_matmul(torch.zeros(1, 512, device=device), raw, Q.Q8_0, (4, 256))
     with pytest.raises(ValueError, match="does not match"):
         quant_matmul_reference(torch.zeros(1, 512), raw.cpu(), Q.Q8_0, (4, 256))
+
+
+def test_interpreter_in_subprocess() -> None:
+    """Runs this directory's CPU tests in a fresh process (only when this one cannot, see conftest.py)."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu", str(here)]
+    result = subprocess.run(command, cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
 # ---- model-sized shapes on a real GPU -------------------------------------------------------------
