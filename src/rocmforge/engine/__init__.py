@@ -1,0 +1,1 @@
+"""The serving engine: paged KV cache accounting, scheduling, the model runner and the step loop."""
