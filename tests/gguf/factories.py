@@ -22,6 +22,7 @@ from gguf.gguf_writer import GGUFWriter
 from gguf.quants import quantize
 
 from rocmforge.errors import GGUFError
+from tests.quant_blocks import constant_f16_bits, random_blocks
 
 Q = GGMLQuantizationType
 V = GGUFValueType
@@ -33,16 +34,8 @@ NUM_KV_HEADS = 2
 FF = 128
 HEAD_DIM = HIDDEN // NUM_HEADS
 
-# Types gguf-py can quantize itself; the others get random blocks with sane f16 scales (see _random_blocks).
+# Types gguf-py can quantize itself; the others get random blocks with sane f16 scales (see tests.quant_blocks).
 _QUANTIZABLE = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.BF16}
-# Byte offsets of the f16 super-block scales of K-quants, set to small values so dequantized weights are finite.
-_K_SCALE_OFFSETS: dict[GGMLQuantizationType, tuple[int, ...]] = {
-    Q.Q2_K: (80, 82),
-    Q.Q3_K: (108,),
-    Q.Q4_K: (0, 2),
-    Q.Q5_K: (0, 2),
-    Q.Q6_K: (208,),
-}
 
 
 def byte_level_alphabet() -> list[str]:
@@ -144,21 +137,17 @@ def raises_naming(action: Callable[[], object], path: Path, *fragments: str, err
 
 def _random_blocks(rng: np.random.Generator, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> np.ndarray:
     """Random raw blocks of `qtype` for `shape`: (rows, bytes per row) uint8, as GGUFWriter takes raw data."""
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    block_size, _ = GGML_QUANT_SIZES[qtype]
     rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-    n_blocks = shape[-1] // block_size
-    blocks = rng.integers(0, 256, size=(rows * n_blocks, type_size), dtype=np.uint8)
-    for offset in _K_SCALE_OFFSETS.get(qtype, ()):
-        scales = np.full((rows * n_blocks, 1), 1e-3, dtype=np.float16)
-        blocks[:, offset : offset + 2] = scales.view(np.uint8)
-    return blocks.reshape(rows, n_blocks * type_size)
+    # Small constant scales keep the dequantized weights (and the model's logits) finite.
+    return random_blocks(rng, qtype, rows, shape[-1] // block_size, constant_f16_bits(1e-3))
 
 
 def encode_tensor(
     rng: np.random.Generator, shape: tuple[int, ...], qtype: GGMLQuantizationType, scale: float = 0.05
 ) -> tuple[np.ndarray, GGMLQuantizationType | None]:
     """Data for `add_tensor`: random values stored as `qtype` (and the raw_dtype to pass, None for F32/F16)."""
-    if qtype in _K_SCALE_OFFSETS or qtype not in _QUANTIZABLE | {Q.F32, Q.F16}:
+    if qtype not in _QUANTIZABLE | {Q.F32, Q.F16}:
         return _random_blocks(rng, shape, qtype), qtype
     values = (rng.standard_normal(shape) * scale).astype(np.float32)
     if qtype == Q.F32:

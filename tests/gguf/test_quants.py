@@ -23,42 +23,16 @@ from hypothesis import strategies as st
 import rocmforge.gguf.quants as quants_module
 from rocmforge.errors import GGUFError, UnsupportedModelError
 from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES, dequantize, quant_block_info
+from tests.quant_blocks import BLOCK_TYPES, F16_SCALE_OFFSETS, finite_f16_bits, random_blocks
 
 Q = GGMLQuantizationType
 
-# Byte offsets of the f16 scale fields inside one block of each block-quantized type.
-F16_FIELDS: dict[GGMLQuantizationType, tuple[int, ...]] = {
-    Q.Q4_0: (0,),
-    Q.Q4_1: (0, 2),
-    Q.Q5_0: (0,),
-    Q.Q5_1: (0, 2),
-    Q.Q8_0: (0,),
-    Q.Q2_K: (80, 82),
-    Q.Q3_K: (108,),
-    Q.Q4_K: (0, 2),
-    Q.Q5_K: (0, 2),
-    Q.Q6_K: (208,),
-}
-BLOCK_TYPES = sorted(F16_FIELDS, key=lambda t: t.value)
 FLOAT_TYPES = [Q.F32, Q.F16, Q.BF16]
-
-
-def finite_f16_bits(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n random f16 bit patterns covering zeros, subnormals and the full finite range."""
-    bits = rng.integers(0, 1 << 16, n, dtype=np.uint16)
-    # Exponent all ones means inf/NaN: clearing its top bit keeps the value finite.
-    return np.where((bits & 0x7C00) == 0x7C00, bits & 0xBFFF, bits).astype(np.uint16)
 
 
 def random_rows(qtype: GGMLQuantizationType, rows: int, blocks_per_row: int, seed: int) -> np.ndarray:
     """Raw bytes of a (rows, blocks_per_row * block_size) tensor, as GGUFReader shapes them."""
-    rng = np.random.default_rng(seed)
-    _, type_size = GGML_QUANT_SIZES[qtype]
-    n_blocks = rows * blocks_per_row
-    blocks = rng.integers(0, 256, (n_blocks, type_size), dtype=np.uint8)
-    for offset in F16_FIELDS[qtype]:
-        blocks[:, offset : offset + 2] = finite_f16_bits(rng, n_blocks).view(np.uint8).reshape(-1, 2)
-    return blocks.reshape(rows, blocks_per_row * type_size)
+    return random_blocks(np.random.default_rng(seed), qtype, rows, blocks_per_row)
 
 
 def random_floats(qtype: GGMLQuantizationType, rows: int, cols: int, seed: int) -> np.ndarray:
@@ -153,7 +127,7 @@ def test_chunking_does_not_change_results(qtype: GGMLQuantizationType, monkeypat
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q6_K, Q.BF16, Q.F16, Q.F32], ids=lambda t: t.name)
 def test_torch_byte_tensor_input(qtype: GGMLQuantizationType) -> None:
-    data = random_rows(qtype, 4, 2, seed=1) if qtype in F16_FIELDS else random_floats(qtype, 4, 64, seed=1)
+    data = random_rows(qtype, 4, 2, seed=1) if qtype in F16_SCALE_OFFSETS else random_floats(qtype, 4, 64, seed=1)
     shape = logical_shape(qtype, data)
     from_numpy = dequantize(data, qtype, shape)
     raw = torch.from_numpy(np.ascontiguousarray(data).reshape(-1).view(np.uint8).copy())
@@ -165,7 +139,7 @@ def test_torch_byte_tensor_input(qtype: GGMLQuantizationType) -> None:
 
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.F32], ids=lambda t: t.name)
 def test_read_only_input_no_warning_and_no_aliasing(qtype: GGMLQuantizationType) -> None:
-    data = random_rows(qtype, 2, 2, seed=5) if qtype in F16_FIELDS else random_floats(qtype, 2, 8, seed=5)
+    data = random_rows(qtype, 2, 2, seed=5) if qtype in F16_SCALE_OFFSETS else random_floats(qtype, 2, 8, seed=5)
     data.flags.writeable = False
     before = data.copy()
     with warnings.catch_warnings():

@@ -31,28 +31,15 @@ from rocmforge.gguf.quants import dequantize
 from rocmforge.kernels.reference import quant_matmul_reference
 from rocmforge.kernels.triton import triton_available, triton_device
 from rocmforge.kernels.triton.quant_matmul import MAX_M, TRITON_QUANT_TYPES, quant_matmul
+from tests.quant_blocks import BLOCK_TYPES, finite_f16_bits, random_blocks, uniform_f16_bits
 
 Q = GGMLQuantizationType
 
-# Byte offsets of the f16 scale fields inside one block of each block-quantized type.
-F16_FIELDS: dict[GGMLQuantizationType, tuple[int, ...]] = {
-    Q.Q4_0: (0,),
-    Q.Q4_1: (0, 2),
-    Q.Q5_0: (0,),
-    Q.Q5_1: (0, 2),
-    Q.Q8_0: (0,),
-    Q.Q2_K: (80, 82),
-    Q.Q3_K: (108,),
-    Q.Q4_K: (0, 2),
-    Q.Q5_K: (0, 2),
-    Q.Q6_K: (208,),
-}
 FLOAT_DTYPES: dict[GGMLQuantizationType, torch.dtype] = {
     Q.F32: torch.float32,
     Q.F16: torch.float16,
     Q.BF16: torch.bfloat16,
 }
-BLOCK_TYPES = sorted(F16_FIELDS, key=lambda t: t.value)
 ALL_TYPES = sorted(TRITON_QUANT_TYPES, key=lambda t: t.value)
 LEGACY_TYPES = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0]
 
@@ -69,18 +56,9 @@ def random_weight(qtype: GGMLQuantizationType, n: int, k: int, seed: int, full_r
     if qtype in FLOAT_DTYPES:
         values = torch.from_numpy(rng.standard_normal((n, k), dtype=np.float32))
         return values.to(FLOAT_DTYPES[qtype]).view(torch.uint8)
-    block_size, type_size = GGML_QUANT_SIZES[qtype]
-    n_blocks = n * k // block_size
-    blocks = rng.integers(0, 256, (n_blocks, type_size), dtype=np.uint8)
-    for offset in F16_FIELDS[qtype]:
-        if full_range:
-            bits = rng.integers(0, 1 << 16, n_blocks, dtype=np.uint16)
-            # Exponent all ones is inf/NaN: clearing its top bit keeps the value finite.
-            scales = np.where((bits & 0x7C00) == 0x7C00, bits & 0xBFFF, bits).astype(np.uint16)
-        else:
-            scales = rng.uniform(-0.05, 0.05, n_blocks).astype(np.float16).view(np.uint16)
-        blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(-1, 2)
-    return torch.from_numpy(blocks.reshape(n, -1))
+    block_size, _ = GGML_QUANT_SIZES[qtype]
+    scale_bits = finite_f16_bits if full_range else uniform_f16_bits(0.05)
+    return torch.from_numpy(random_blocks(rng, qtype, n, k // block_size, scale_bits))
 
 
 def assert_close(
