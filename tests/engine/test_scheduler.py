@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -209,6 +210,32 @@ def test_max_tokens_finishes_with_length_and_frees_blocks() -> None:
     assert step(scheduler)[0].finished_request_ids == ("a",)
 
 
+@dataclass(frozen=True)
+class ParamsWithMinTokens(SamplingParams):
+    """SamplingParams has no min_tokens yet; the scheduler honours one as soon as it does."""
+
+    min_tokens: int = 0
+
+
+def test_min_tokens_suppresses_early_stops() -> None:
+    scheduler = make_scheduler()
+    params = ParamsWithMinTokens(max_tokens=6, min_tokens=3)
+    scheduler.add_request(Request("a", [5, 6, 7, 8], params, eos_token_id=EOS))
+    tokens = [t for _ in range(6) for u in step(scheduler, lambda item: EOS)[1] for t in u.new_token_ids]
+    assert tokens == [EOS] * 3  # EOS before min_tokens outputs exist is ignored; the third output may stop
+    assert not scheduler.has_unfinished_requests()
+
+
+def test_a_missing_sampled_token_is_rejected_before_anything_changes() -> None:
+    scheduler = make_scheduler()
+    scheduler.add_request(make_request("a", prompt=4))
+    output = scheduler.schedule()
+    with pytest.raises(ValidationError, match="no sampled token"):
+        scheduler.update(output, {})
+    assert scheduler.requests["a"].num_computed_tokens == 0
+    assert scheduler.update(output, {"a": 7})[0].new_token_ids == (7,)
+
+
 # ---------------------------------------------------------------------- aborts
 
 
@@ -310,7 +337,7 @@ workload_request = st.tuples(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     specs=st.lists(workload_request, min_size=1, max_size=10),
     num_blocks=st.integers(3, 14),

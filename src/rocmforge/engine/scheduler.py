@@ -242,6 +242,14 @@ class Scheduler:
         ``sampled_token_ids`` maps each request whose ``samples_token`` was set to its sampled token.
         Requests aborted between ``schedule`` and ``update`` are skipped. Returns one update per sampled token.
         """
+        # Checked before anything changes, so a runner bug cannot leave the scheduler half-updated.
+        missing = [
+            item.request_id
+            for item in output.scheduled
+            if item.samples_token and item.request_id not in sampled_token_ids and item.request_id in self.requests
+        ]
+        if missing:
+            raise ValidationError(f"no sampled token for scheduled requests {missing}")
         updates: list[RequestUpdate] = []
         for item in output.scheduled:
             request = self.requests.get(item.request_id)
@@ -253,10 +261,7 @@ class Scheduler:
                     request.request_id, request.all_token_ids, request.num_computed_tokens
                 )
                 continue
-            try:
-                token_id = sampled_token_ids[item.request_id]
-            except KeyError:
-                raise ValidationError(f"no sampled token for request {item.request_id!r}") from None
+            token_id = sampled_token_ids[item.request_id]
             request.append_output_token(token_id)
             # The new token's KV is not computed yet, so it lands in no committed block.
             self.block_manager.commit_full_blocks(
