@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rocmforge.engine.checks import cdiv, check_positive_int
 from rocmforge.engine.kv_block import BlockHash, FreeBlockQueue, KVBlock, hash_block_tokens
-from rocmforge.errors import ConfigError, RocmForgeError, ValidationError
+from rocmforge.errors import RocmForgeError, ValidationError
 
 
 class UnknownRequestError(RocmForgeError, LookupError):
@@ -41,16 +42,6 @@ class _RequestBlocks:
     num_cached_tokens: int
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 class BlockManager:
     """Hands out KV cache blocks to requests and shares full blocks between requests by content.
 
@@ -60,8 +51,8 @@ class BlockManager:
     """
 
     def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True) -> None:
-        self.num_blocks = _check_positive_int("num_blocks", num_blocks)
-        self.block_size = _check_positive_int("block_size", block_size)
+        self.num_blocks = check_positive_int("num_blocks", num_blocks)
+        self.block_size = check_positive_int("block_size", block_size)
         self.enable_prefix_caching = bool(enable_prefix_caching)
         self._blocks = [KVBlock(block_id) for block_id in range(num_blocks)]
         self._free = FreeBlockQueue(self._blocks)
@@ -131,14 +122,14 @@ class BlockManager:
             raise ValidationError(f"num_tokens ({num_tokens}) exceeds the request's {len(token_ids)} token ids")
         state = self._requests.get(request_id)
         if state is not None:
-            num_new_blocks = _cdiv(num_tokens, self.block_size) - len(state.blocks)
+            num_new_blocks = cdiv(num_tokens, self.block_size) - len(state.blocks)
             if num_new_blocks > len(self._free):
                 return None
             state.blocks.extend(self._take_free_block() for _ in range(num_new_blocks))
             return [block.block_id for block in state.blocks]
 
         hit_blocks, hit_hashes = self._lookup(token_ids)
-        num_new_blocks = max(_cdiv(num_tokens, self.block_size) - len(hit_blocks), 0)
+        num_new_blocks = max(cdiv(num_tokens, self.block_size) - len(hit_blocks), 0)
         # Reviving a free cached block uses up a free block just as a new one does.
         num_revived = sum(1 for block in hit_blocks if block.ref_count == 0)
         if num_new_blocks + num_revived > len(self._free):

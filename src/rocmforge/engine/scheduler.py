@@ -20,19 +20,10 @@ from collections import deque
 from collections.abc import Mapping
 
 from rocmforge.engine.block_manager import BlockManager, PrefixCacheStats
+from rocmforge.engine.checks import cdiv, check_positive_int
 from rocmforge.engine.request import Request, RequestStatus
 from rocmforge.engine.scheduler_output import RequestUpdate, ScheduledRequest, SchedulerOutput
-from rocmforge.errors import ConfigError, ValidationError
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+from rocmforge.errors import ValidationError
 
 
 class Scheduler:
@@ -42,9 +33,9 @@ class Scheduler:
         self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int
     ) -> None:
         self.block_manager = block_manager
-        self.max_num_batched_tokens = _check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
-        self.max_num_seqs = _check_positive_int("max_num_seqs", max_num_seqs)
-        self.max_model_len = _check_positive_int("max_model_len", max_model_len)
+        self.max_num_batched_tokens = check_positive_int("max_num_batched_tokens", max_num_batched_tokens)
+        self.max_num_seqs = check_positive_int("max_num_seqs", max_num_seqs)
+        self.max_model_len = check_positive_int("max_model_len", max_model_len)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}  # unfinished requests only
@@ -97,7 +88,7 @@ class Scheduler:
             )
         # KV is never computed for the very last sampled token, hence the - 1.
         block_size = self.block_manager.block_size
-        num_blocks_needed = _cdiv(num_prompt + max_tokens - 1, block_size)
+        num_blocks_needed = cdiv(num_prompt + max_tokens - 1, block_size)
         if num_blocks_needed > self.block_manager.num_blocks:
             raise ValidationError(
                 f"request {request.request_id!r}: prompt of {num_prompt} tokens plus max_tokens={max_tokens} needs "
