@@ -2,8 +2,8 @@
 
 For 7B-model decode shapes (N x K) and M = 1 and 8, per weight type:
 
-* ``us``: our kernel's time (CUDA events around ``--inner`` back-to-back calls, median of ``--reps`` such
-  loops, after warm-up). The calls cycle through enough copies of the weight (>= 3x a 50 MiB L2) that
+* ``us``: our kernel's time (CUDA events around a CUDA graph of ``--inner`` back-to-back calls, median of
+  ``--reps`` replays, after warm-up). The calls cycle through enough copies of the weight (>= 3x a 50 MiB L2) that
   every call streams its weight from HBM, as in a real decode step.
 * ``GB/s``: raw weight bytes (the GGUF block bytes, scales included) / time.
 * ``roof``: that bandwidth over the roofline, which is the device-to-device copy bandwidth measured in the
@@ -55,16 +55,25 @@ def random_raw(qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator
 
 
 def time_us(fn: Callable[[int], object], inner: int, reps: int) -> float:
-    """Median per-call microseconds of ``fn(i)`` over ``reps`` loops of ``inner`` calls."""
-    for i in range(inner):
+    """Median per-call GPU microseconds of ``fn(i)`` over ``reps`` replays of a CUDA graph of ``inner`` calls.
+
+    A graph, because launching from Python (argument checks, Triton's launcher, torch dispatch) takes
+    20-30 us a call here, longer than most of these kernels run: eager timing measures the CPU.
+    """
+    for i in range(inner):  # warm-up: compiles, autotunes, allocates outside the capture
         fn(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(inner):
+            fn(i)
+    graph.replay()
     torch.cuda.synchronize()
     samples: list[float] = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for i in range(inner):
-            fn(i)
+        graph.replay()
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) * 1000.0 / inner)
@@ -142,7 +151,10 @@ def bench(inner: int, reps: int, shapes: list[tuple[int, int]], peer: bool) -> t
 
 
 def sweep(inner: int, reps: int) -> None:
-    """Time candidate (BLOCK_N, K tile, num_warps) of the decode kernels at 4096x4096 and 11008x4096; print the best."""
+    """Time candidate (BLOCK_N, K tile, num_warps) of the decode kernels at 4096x4096 and 11008x4096.
+
+    Prints the best four per type and M, and leaves the best in ``DECODE_CONFIGS`` for the table that follows.
+    """
     from rocmforge.kernels.triton import quant_matmul as qm
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -167,8 +179,13 @@ def sweep(inner: int, reps: int) -> None:
                     print(f"{qtype.name} m={m} {cfg}: {type(exc).__name__}")
                     continue
                 results.append((total, cfg))
-            qm.DECODE_CONFIGS[qtype] = (base_small, base_large)
             results.sort()
+            best = results[0][1] if results else base
+            if m == 1:
+                base_small = best
+            else:
+                base_large = best
+            qm.DECODE_CONFIGS[qtype] = (base_small, base_large)
             line = ", ".join(f"{cfg}={us:.1f}" for us, cfg in results[:4])
             print(f"sweep {qtype.name} m={m} base={base} (us, 4096+11008 rows): {line}", flush=True)
 
@@ -180,11 +197,10 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip the cuBLAS bf16 peer")
     parser.add_argument("--quick", action="store_true", help="only 4096x4096 and 11008x4096")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--sweep", action="store_true", help="tune the decode kernels' configs instead")
+    parser.add_argument("--sweep", action="store_true", help="tune the decode kernels' configs first")
     args = parser.parse_args()
     if args.sweep:
-        sweep(args.inner, args.reps)
-        return
+        sweep(20, 5)
     shapes = SHAPES[:2] if args.quick else SHAPES
     roof, rows = bench(args.inner, args.reps, shapes, not args.no_peer)
     print(f"card: {torch.cuda.get_device_name()}  torch {torch.__version__}")
