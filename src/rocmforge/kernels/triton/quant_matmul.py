@@ -373,13 +373,14 @@ _FAST_KERNELS = {
 # for float weights, else KB blocks. Chosen so that one program's [BLOCK_M, BLOCK_N, K tile, words]
 # product stays within ~64 fp32 registers a thread while each step still loads several KiB.
 DECODE_CONFIGS: dict[GGMLQuantizationType, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    # Tuned on an H200 (benchmarks/gpu_quant_matmul.py --sweep, 4096x4096 + 11008x4096); F32 untuned.
     _Q.F32: ((16, 256, 4), (16, 64, 8)),
-    _Q.F16: ((16, 512, 4), (16, 128, 8)),
-    _Q.BF16: ((16, 512, 4), (16, 128, 8)),
-    _Q.Q8_0: ((16, 16, 4), (16, 4, 8)),
-    _Q.Q4_0: ((16, 16, 4), (16, 8, 8)),
-    _Q.Q4_K: ((16, 4, 4), (16, 1, 8)),
-    _Q.Q6_K: ((16, 2, 4), (16, 1, 8)),
+    _Q.F16: ((8, 1024, 4), (8, 128, 8)),
+    _Q.BF16: ((8, 1024, 4), (8, 128, 8)),
+    _Q.Q8_0: ((16, 8, 8), (32, 2, 4)),
+    _Q.Q4_0: ((8, 16, 8), (32, 16, 8)),
+    _Q.Q4_K: ((16, 4, 8), (32, 2, 8)),
+    _Q.Q6_K: ((8, 2, 8), (32, 2, 8)),
 }
 
 
