@@ -4,8 +4,9 @@ The weights stay in their GGUF block bytes (a uint8 tensor on the device, one ro
 output feature); each program owns ``BLOCK_N`` output features and all M (<= 16) rows of ``x``, walks
 K in steps of 32 elements (one Q*_0/Q*_1 block, or one sub-block of a 256-element K-quant block),
 dequantizes the ``[BLOCK_N, 32]`` weight tile in registers and accumulates ``x_tile * w_tile`` in
-float32. Broadcast-multiply-sum instead of ``tl.dot`` keeps fp32 exact (no TF32) and works for any M;
-tuning (tl.dot for larger M, wider K steps, split-K) comes with profiling on real GPUs.
+float32. Broadcast-multiply-sum instead of ``tl.dot`` keeps fp32 exact (no TF32) and works for any M.
+That per-element kernel serves the rarer types; Q4_K, Q6_K, Q8_0, Q4_0 and the float types have decode
+kernels that read whole blocks as 16/32-bit words (see the section below and BENCHMARKS.md).
 """
 
 from __future__ import annotations
