@@ -38,6 +38,31 @@ _K_STEP = 32
 
 
 @triton.jit
+def _prologue(x_ptr, w_words, M, N, stride_xm, row_words, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's rows of x and of the weight (``row_words`` words each from ``w_words``).
+
+    Returns ``offs_m``, ``offs_n``, ``mask_m`` [BLOCK_M, 1], ``mask_n`` [BLOCK_N, 1], ``rows`` [BLOCK_N, 1]
+    (pointers to each weight row's first word) and ``x_rows`` [BLOCK_M, 1] (pointers to each row of x).
+    """
+    pid_n = tl.program_id(0)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = (offs_m < M)[:, None]
+    mask_n = (offs_n < N)[:, None]
+    # int64: N * row_bytes exceeds 2**31 for large vocabularies (e.g. 152k x 896 F32 embeddings).
+    rows = w_words + offs_n[:, None].to(tl.int64) * row_words
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+    return offs_m, offs_n, mask_m, mask_n, rows, x_rows
+
+
+@triton.jit
+def _store(out_ptr, acc, offs_m, offs_n, M, N, stride_om):
+    """Write the [BLOCK_M, BLOCK_N] float32 ``acc`` to ``out`` in its dtype."""
+    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+
+
+@triton.jit
 def _quant_matmul_kernel(
     x_ptr,
     w_ptr,
@@ -55,24 +80,17 @@ def _quant_matmul_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # row: [BLOCK_N, 1] pointers to each row's first block; x_rows: [BLOCK_M, 1].
+    offs_m, offs_n, mask_m, mask_n, row, x_rows = _prologue(x_ptr, w_ptr, M, N, stride_xm, stride_wn, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_m = offs_m < M
-    mask_n = (offs_n < N)[:, None]  # [BLOCK_N, 1]
-    # int64: N * row_bytes exceeds 2**31 for large vocabularies (e.g. 152k x 896 F32 embeddings).
-    row = w_ptr + offs_n[:, None].to(tl.int64) * stride_wn  # [BLOCK_N, 1] pointers to each row's first block
-    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm  # [BLOCK_M, 1]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         blk = row + (k0 // QK) * TYPE_SIZE
         e = (k0 % QK + offs_k)[None, :]  # [1, BLOCK_K] element indices inside the block
         w = dequant_tile(blk, e, mask_n, QTYPE)  # [BLOCK_N, BLOCK_K] float32
-        xk = tl.load(x_rows + k0 + offs_k[None, :], mask=mask_m[:, None], other=0.0).to(tl.float32)
+        xk = tl.load(x_rows + k0 + offs_k[None, :], mask=mask_m, other=0.0).to(tl.float32)
         acc += tl.sum(xk[:, None, :] * w[None, :, :], axis=2)
-    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_n < N)[None, :])
+    _store(out_ptr, acc, offs_m, offs_n, M, N, stride_om)
 
 
 # ---- decode kernels over whole blocks --------------------------------------------------------------
@@ -89,8 +107,28 @@ def _quant_matmul_kernel(
 
 @triton.jit
 def _x_gather(x_rows, mask_m, idx, mask_k):
-    """x[m, idx] for every m: ``x_rows`` [BLOCK_M, 1, 1], ``idx``/``mask_k`` [1, C, W] -> [BLOCK_M, C, W] float32."""
-    return tl.load(x_rows + idx, mask=mask_m & mask_k, other=0.0).to(tl.float32)
+    """x[m, idx] for every m: ``x_rows``/``mask_m`` [BLOCK_M, 1], ``idx``/``mask_k`` [1, C, W] -> [M, C, W] fp32."""
+    return tl.load(x_rows[:, :, None] + idx, mask=mask_m[:, :, None] & mask_k, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _blocks(rows, mask_n, b, n_blocks, WORDS: tl.constexpr):
+    """The blocks ``b`` [C] of every row: ``blk`` [BLOCK_N, C] pointers, their mask, and ``mask_k`` [1, C, 1]."""
+    mask_b = (b < n_blocks)[None, :]
+    blk = rows + (b * WORDS)[None, :]
+    return blk, mask_n & mask_b, mask_b[:, :, None]
+
+
+@triton.jit
+def _f16_word(ptr, mask):
+    """The int16 words at ``ptr`` read as float16 -> float32."""
+    return tl.load(ptr, mask=mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _store_partials(out_ptr, acc, offs_m, offs_n, M, N, stride_om):
+    """Reduce the per-block partial sums ``acc`` [BLOCK_M, BLOCK_N, C] across K and store them."""
+    _store(out_ptr, tl.sum(acc, axis=2), offs_m, offs_n, M, N, stride_om)
 
 
 @triton.jit
@@ -108,20 +146,14 @@ def _float_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_m = (offs_m < M)[:, None]
-    mask_n = (offs_n < N)[:, None]
     if QTYPE == F16:
         w_typed = w_ptr.to(tl.pointer_type(tl.float16))
     elif QTYPE == BF16:
         w_typed = w_ptr.to(tl.pointer_type(tl.bfloat16))
     else:
         w_typed = w_ptr.to(tl.pointer_type(tl.float32))
-    rows = w_typed + offs_n[:, None].to(tl.int64) * K
-    x_rows = x_ptr + offs_m[:, None] * stride_xm
+    offs_m, offs_n, mask_m, mask_n, rows, x_rows = _prologue(x_ptr, w_typed, M, N, stride_xm, K, BLOCK_M, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = (k0 + offs_k)[None, :]
@@ -129,141 +161,88 @@ def _float_kernel(
         w = tl.load(rows + ks, mask=mask_n & mask_k, other=0.0).to(tl.float32)
         xk = tl.load(x_rows + ks, mask=mask_m & mask_k, other=0.0).to(tl.float32)
         acc += xk[:, None, :] * w[None, :, :]
-    _store(out_ptr, tl.sum(acc, axis=2), offs_m, offs_n, M, N, stride_om)
-
-
-@triton.jit
-def _store(out_ptr, acc, offs_m, offs_n, M, N, stride_om):
-    out = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+    _store_partials(out_ptr, acc, offs_m, offs_n, M, N, stride_om)
 
 
 @triton.jit
 def _q8_0_kernel(
-    x_ptr,
-    w_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_om,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    KB: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr
 ):
     # 34-byte blocks are only 2-byte aligned: 17 int16 words, word 0 = d, words 1..16 = 32 int8 (two per word).
-    pid_n = tl.program_id(0)
     n_blocks = K // 32
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w16 = w_ptr.to(tl.pointer_type(tl.int16))
+    offs_m, offs_n, mask_m, mask_n, rows, x_rows = _prologue(
+        x_ptr, w16, M, N, stride_xm, n_blocks * 17, BLOCK_M, BLOCK_N
+    )
     offs_b = tl.arange(0, KB)
     offs_j = tl.arange(0, 16)
-    mask_n = (offs_n < N)[:, None]
-    mask_m3 = (offs_m < M)[:, None, None]
-    rows = w_ptr.to(tl.pointer_type(tl.int16)) + offs_n[:, None].to(tl.int64) * (n_blocks * 17)  # [N, 1]
-    x_rows = x_ptr + offs_m[:, None, None] * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N, KB), dtype=tl.float32)
     for b0 in range(0, n_blocks, KB):
         b = b0 + offs_b
-        mask_b = (b < n_blocks)[None, :]
-        blk = rows + (b * 17)[None, :]  # [N, KB]
-        mask = mask_n & mask_b
-        d = tl.load(blk, mask=mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+        blk, mask, mask_k = _blocks(rows, mask_n, b, n_blocks, 17)  # blk: [N, KB]
+        d = _f16_word(blk, mask)
         v = tl.load(blk[:, :, None] + 1 + offs_j[None, None, :], mask=mask[:, :, None], other=0).to(tl.int32)
         q_even = ((v << 24) >> 24).to(tl.float32)  # low byte, sign-extended
         q_odd = (v >> 8).to(tl.float32)  # high byte: the int16's arithmetic shift keeps its sign
         idx = (b * 32)[None, :, None] + 2 * offs_j[None, None, :]
-        mask_k = mask_b[:, :, None]
-        x_even = _x_gather(x_rows, mask_m3, idx, mask_k)
-        x_odd = _x_gather(x_rows, mask_m3, idx + 1, mask_k)
+        x_even = _x_gather(x_rows, mask_m, idx, mask_k)
+        x_odd = _x_gather(x_rows, mask_m, idx + 1, mask_k)
         dot = tl.sum(x_even[:, None] * q_even[None] + x_odd[:, None] * q_odd[None], axis=3)
         acc += dot * d[None]
-    _store(out_ptr, tl.sum(acc, axis=2), offs_m, offs_n, M, N, stride_om)
+    _store_partials(out_ptr, acc, offs_m, offs_n, M, N, stride_om)
 
 
 @triton.jit
 def _q4_0_kernel(
-    x_ptr,
-    w_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_om,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    KB: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr
 ):
     # 18-byte blocks, 2-byte aligned: 9 int16 words, word 0 = d, word 1 + j holds qs bytes 2j, 2j + 1:
     # low nibbles are elements 2j, 2j + 1, high nibbles elements 2j + 16, 2j + 17.
-    pid_n = tl.program_id(0)
     n_blocks = K // 32
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w16 = w_ptr.to(tl.pointer_type(tl.int16))
+    offs_m, offs_n, mask_m, mask_n, rows, x_rows = _prologue(
+        x_ptr, w16, M, N, stride_xm, n_blocks * 9, BLOCK_M, BLOCK_N
+    )
     offs_b = tl.arange(0, KB)
     offs_j = tl.arange(0, 8)
-    mask_n = (offs_n < N)[:, None]
-    mask_m3 = (offs_m < M)[:, None, None]
-    rows = w_ptr.to(tl.pointer_type(tl.int16)) + offs_n[:, None].to(tl.int64) * (n_blocks * 9)
-    x_rows = x_ptr + offs_m[:, None, None] * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N, KB), dtype=tl.float32)
     for b0 in range(0, n_blocks, KB):
         b = b0 + offs_b
-        mask_b = (b < n_blocks)[None, :]
-        blk = rows + (b * 9)[None, :]
-        mask = mask_n & mask_b
-        d = tl.load(blk, mask=mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+        blk, mask, mask_k = _blocks(rows, mask_n, b, n_blocks, 9)
+        d = _f16_word(blk, mask)
         v = tl.load(blk[:, :, None] + 1 + offs_j[None, None, :], mask=mask[:, :, None], other=0).to(tl.int32)
         idx = (b * 32)[None, :, None] + 2 * offs_j[None, None, :]
-        mask_k = mask_b[:, :, None]
         dot = tl.zeros((BLOCK_M, BLOCK_N, KB, 8), dtype=tl.float32)
         for t in tl.static_range(4):
             # t: (byte 2j + t % 2, nibble t // 2) -> element 2j + t % 2 + 16 * (t // 2)
             q = (((v >> ((t % 2) * 8 + (t // 2) * 4)) & 0xF) - 8).to(tl.float32)
-            xt = _x_gather(x_rows, mask_m3, idx + (t % 2) + 16 * (t // 2), mask_k)
+            xt = _x_gather(x_rows, mask_m, idx + (t % 2) + 16 * (t // 2), mask_k)
             dot += xt[:, None] * q[None]
         acc += tl.sum(dot, axis=3) * d[None]
-    _store(out_ptr, tl.sum(acc, axis=2), offs_m, offs_n, M, N, stride_om)
+    _store_partials(out_ptr, acc, offs_m, offs_n, M, N, stride_om)
 
 
 @triton.jit
 def _q4_k_kernel(
-    x_ptr,
-    w_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_om,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    KB: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr
 ):
     # 144-byte blocks = 36 int32 words: word 0 = d | dmin << 16, words 1..3 = the 12 scale bytes, words
     # 4..35 = qs. The tile's middle axis walks "chunks" c of 8 qs words (KB blocks x 4 chunks): chunk r of
     # a block holds sub-block 2r in its low nibbles and 2r + 1 in its high nibbles; nibble (t, hi) of word
     # jj is element 64r + 32hi + 4jj + t.
     C: tl.constexpr = KB * 4
-    pid_n = tl.program_id(0)
     n_blocks = K // 256
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    offs_m, offs_n, mask_m, mask_n, rows, x_rows = _prologue(
+        x_ptr, w32, M, N, stride_xm, n_blocks * 36, BLOCK_M, BLOCK_N
+    )
     offs_c = tl.arange(0, C)
     offs_j = tl.arange(0, 8)
-    mask_n = (offs_n < N)[:, None]
-    mask_m3 = (offs_m < M)[:, None, None]
-    rows = w_ptr.to(tl.pointer_type(tl.int32)) + offs_n[:, None].to(tl.int64) * (n_blocks * 36)
-    x_rows = x_ptr + offs_m[:, None, None] * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N, C), dtype=tl.float32)
     r = offs_c % 4
     for b0 in range(0, n_blocks, KB):
         b = b0 + offs_c // 4  # block of each chunk
-        mask_b = (b < n_blocks)[None, :]
-        blk = rows + (b * 36)[None, :]  # [N, C]
-        mask = mask_n & mask_b
+        blk, mask, mask_k = _blocks(rows, mask_n, b, n_blocks, 36)  # blk: [N, C]
         w = tl.load(
             blk[:, :, None] + 4 + (r * 8)[None, :, None] + offs_j[None, None, :], mask=mask[:, :, None], other=0
         )
@@ -275,7 +254,6 @@ def _q4_k_kernel(
         s2 = tl.load(blk + 2, mask=mask, other=0)
         s3 = tl.load(blk + 3, mask=mask, other=0)
         idx = (b * 256 + r * 64)[None, :, None] + 4 * offs_j[None, None, :]
-        mask_k = mask_b[:, :, None]
         for hi in tl.static_range(2):
             s = (2 * r + hi)[None, :]  # [1, C]
             sh = (s % 4) * 8
@@ -289,26 +267,16 @@ def _q4_k_kernel(
             xsum = tl.zeros((BLOCK_M, C, 8), dtype=tl.float32)
             for t in tl.static_range(4):
                 q = ((w >> (8 * t + 4 * hi)) & 0xF).to(tl.float32)
-                xt = _x_gather(x_rows, mask_m3, idx + 32 * hi + t, mask_k)
+                xt = _x_gather(x_rows, mask_m, idx + 32 * hi + t, mask_k)
                 dot += xt[:, None] * q[None]
                 xsum += xt
             acc += (d * sc)[None] * tl.sum(dot, axis=3) - (dmin * mn)[None] * tl.sum(xsum, axis=2)[:, None, :]
-    _store(out_ptr, tl.sum(acc, axis=2), offs_m, offs_n, M, N, stride_om)
+    _store_partials(out_ptr, acc, offs_m, offs_n, M, N, stride_om)
 
 
 @triton.jit
 def _q6_k_kernel(
-    x_ptr,
-    w_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_om,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    KB: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr
 ):
     # 210-byte blocks, 2-byte aligned: 105 int16 words: ql = words 0..63, qh = 64..95, scales = 96..103,
     # d = 104. The tile's middle axis walks chunks c of 8 ql words (8 chunks a block): chunk c % 8 =
@@ -316,35 +284,29 @@ def _q6_k_kernel(
     # nibble) and 64 more (high nibble); their top 2 bits are field 2*nib + g // 2 of qh byte u of word
     # 64 + 16h + 8(g % 2) + p. Element e = 256b + 128h + 64nib + 16g + 2p + u, scale index 8h + 4nib + g.
     C: tl.constexpr = KB * 8
-    pid_n = tl.program_id(0)
     n_blocks = K // 256
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w16 = w_ptr.to(tl.pointer_type(tl.int16))
+    offs_m, offs_n, mask_m, mask_n, rows, x_rows = _prologue(
+        x_ptr, w16, M, N, stride_xm, n_blocks * 105, BLOCK_M, BLOCK_N
+    )
     offs_c = tl.arange(0, C)
     offs_p = tl.arange(0, 8)
-    mask_n = (offs_n < N)[:, None]
-    mask_m3 = (offs_m < M)[:, None, None]
-    rows = w_ptr.to(tl.pointer_type(tl.int16)) + offs_n[:, None].to(tl.int64) * (n_blocks * 105)
-    x_rows = x_ptr + offs_m[:, None, None] * stride_xm
     acc = tl.zeros((BLOCK_M, BLOCK_N, C), dtype=tl.float32)
     cb = offs_c % 8
     h = cb // 4
     g = cb % 4
     for b0 in range(0, n_blocks, KB):
         b = b0 + offs_c // 8
-        mask_b = (b < n_blocks)[None, :]
-        blk = rows + (b * 105)[None, :]  # [N, C]
-        mask = mask_n & mask_b
+        blk, mask, mask_k = _blocks(rows, mask_n, b, n_blocks, 105)  # blk: [N, C]
         mask3 = mask[:, :, None]
         ql = tl.load(blk[:, :, None] + (cb * 8)[None, :, None] + offs_p[None, None, :], mask=mask3, other=0)
         qh_word = 64 + 16 * h + 8 * (g % 2)
         qh = tl.load(blk[:, :, None] + qh_word[None, :, None] + offs_p[None, None, :], mask=mask3, other=0)
         ql = ql.to(tl.int32)
         qh = qh.to(tl.int32)
-        d = tl.load(blk + 104, mask=mask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+        d = _f16_word(blk + 104, mask)
         sc_ptr = blk.to(tl.pointer_type(tl.int8)) + 192 + (8 * h + g)[None, :]
         idx = (b * 256 + 128 * h + 16 * g)[None, :, None] + 2 * offs_p[None, None, :]
-        mask_k = mask_b[:, :, None]
         top_shift = (2 * (g // 2))[None, :, None]
         for nib in tl.static_range(2):
             sc = tl.load(sc_ptr + 4 * nib, mask=mask, other=0).to(tl.float32)
@@ -353,10 +315,10 @@ def _q6_k_kernel(
                 low = (ql >> (8 * u + 4 * nib)) & 0xF
                 top = (qh >> (8 * u + 4 * nib + top_shift)) & 3
                 q = ((low | (top << 4)) - 32).to(tl.float32)
-                xt = _x_gather(x_rows, mask_m3, idx + 64 * nib + u, mask_k)
+                xt = _x_gather(x_rows, mask_m, idx + 64 * nib + u, mask_k)
                 dot += xt[:, None] * q[None]
             acc += (d * sc)[None] * tl.sum(dot, axis=3)
-    _store(out_ptr, tl.sum(acc, axis=2), offs_m, offs_n, M, N, stride_om)
+    _store_partials(out_ptr, acc, offs_m, offs_n, M, N, stride_om)
 
 
 # The whole-block decode kernels; the other types use the generic per-element kernel above.
