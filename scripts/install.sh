@@ -24,6 +24,11 @@ if [[ "${1:-}" == "--test" ]]; then
         CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${PIP[@]}" wheel --no-deps -w "$WHEELS" "llama-cpp-python>=0.3.8"
     fi
     "${PIP[@]}" install --find-links "$WHEELS" -e ".[test]"
+    # The kernel tests run Triton on the CPU through its interpreter. GPU builds of torch bring their own
+    # Triton (pytorch-triton-rocm on ROCm); install PyPI's only where none is importable, never over theirs.
+    if ! .venv/bin/python -c "import triton" 2>/dev/null; then
+        "${PIP[@]}" install "triton>=3.0"
+    fi
 else
     "${PIP[@]}" install -e .
 fi
