@@ -187,15 +187,19 @@ def _q3_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     torch.mul(dl, q, out=out.view(n, 16, 16))
 
 
+def _k_scales_mins(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K head (d f16 | dmin f16 | scales[12]): per sub-block d * scale and dmin * min, [n, 8, 1]."""
+    d, dmin = _f16(blocks, 0), _f16(blocks, 2)
+    sc, mn = _k_scale_min(blocks[:, 4:16])
+    return (d * sc.to(torch.float32)).unsqueeze(-1), (dmin * mn.to(torch.float32)).unsqueeze(-1)
+
+
 def _q4_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     # 144 B: d f16 | dmin f16 | scales[12] (see _k_scale_min) | qs[128]
     # qs: 4 runs of 32 bytes, each giving 32 low nibbles then 32 high nibbles (8 sub-blocks of 32)
     # x = (d * scale) * q - (dmin * min)
     n = blocks.shape[0]
-    d, dmin = _f16(blocks, 0), _f16(blocks, 2)
-    sc, mn = _k_scale_min(blocks[:, 4:16])
-    dl = (d * sc.to(torch.float32)).unsqueeze(-1)
-    ml = (dmin * mn.to(torch.float32)).unsqueeze(-1)
+    dl, ml = _k_scales_mins(blocks)
     q = _unpack(blocks[:, 16:144], 32, 4).to(torch.float32).view(n, 8, 32)
     torch.sub(q.mul_(dl), ml, out=out.view(n, 8, 32))
 
@@ -204,10 +208,7 @@ def _q5_k(blocks: torch.Tensor, out: torch.Tensor) -> None:
     # 176 B: d f16 | dmin f16 | scales[12] | qh[32] | qs[128]
     # low nibbles as Q4_K; bit b of qh[j] is the 5th bit of element 32*b + j
     n = blocks.shape[0]
-    d, dmin = _f16(blocks, 0), _f16(blocks, 2)
-    sc, mn = _k_scale_min(blocks[:, 4:16])
-    dl = (d * sc.to(torch.float32)).unsqueeze(-1)
-    ml = (dmin * mn.to(torch.float32)).unsqueeze(-1)
+    dl, ml = _k_scales_mins(blocks)
     qh = _unpack(blocks[:, 16:48], 32, 1)
     q = _unpack(blocks[:, 48:176], 32, 4).bitwise_or_(qh << 4).to(torch.float32).view(n, 8, 32)
     torch.sub(q.mul_(dl), ml, out=out.view(n, 8, 32))
