@@ -384,6 +384,22 @@ def test_ignore_eos_continues_past_end_of_generation(generator: TextGenerator, c
 
 
 @pytest.mark.slow
+def test_min_tokens_keeps_end_of_generation_out(generator: TextGenerator, chat_greedy: list[int]) -> None:
+    min_tokens = len(chat_greedy) + 5
+    completion = generator.generate(CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=60, min_tokens=min_tokens))
+    assert len(completion.token_ids) >= min_tokens
+    # Where greedy decoding stopped, the end-of-generation token was masked and the next best one drawn.
+    assert completion.token_ids[: len(chat_greedy)] == chat_greedy
+    assert not generator.tokenizer.eog_token_ids & set(completion.token_ids[:min_tokens])
+
+
+@pytest.mark.parametrize("min_tokens", [-1, 8, 1.5, True])
+def test_min_tokens_validated(min_tokens: object) -> None:
+    with pytest.raises(ValidationError, match="min_tokens"):
+        SamplingParams(max_tokens=7, min_tokens=min_tokens)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
 def test_stop_token_ids_stop_on_a_token_it_would_emit(generator: TextGenerator, chat_greedy: list[int]) -> None:
     stop = chat_greedy[3]
     first = chat_greedy.index(stop)

@@ -107,7 +107,12 @@ class TextGenerator:
         stats.prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
         while True:
-            token_id = sample_token(logits[-1], params, history, generator)
+            next_logits = logits[-1]
+            if stats.generated_tokens < params.min_tokens and stop_ids:
+                # Too early to stop: stopping tokens get no probability at all (vLLM's semantics), rather
+                # than being drawn and then ignored.
+                next_logits = next_logits.index_fill(0, torch.tensor(sorted(stop_ids)), float("-inf"))
+            token_id = sample_token(next_logits, params, history, generator)
             if token_id in stop_ids:
                 stats.finish_reason = "stop"
                 break

@@ -14,6 +14,7 @@ class SamplingParams:
 
     temperature 0 means greedy. top_k 0 (or -1) disables top-k; top_p 1 and min_p 0 disable theirs;
     repetition_penalty 1 disables it. A seed makes a request reproducible whatever else runs beside it.
+    min_tokens: end-of-generation and stop tokens cannot be drawn before this many tokens are out.
     """
 
     max_tokens: int = 256
@@ -25,6 +26,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         # Materialise first: validating a one-shot iterable (a generator) would otherwise consume it and
@@ -47,6 +49,11 @@ class SamplingParams:
         _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**64), "seed", "an integer in [0, 2**64)")
         _check(all(_is_int(t) and t >= 0 for t in stop_token_ids), "stop_token_ids", "a list of token ids >= 0")
         _check(isinstance(self.ignore_eos, bool), "ignore_eos", "a boolean")
+        _check(
+            _is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            "an integer in [0, max_tokens]",
+        )
         object.__setattr__(self, "stop_token_ids", stop_token_ids)
 
     @property

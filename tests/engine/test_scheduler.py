@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -210,16 +209,9 @@ def test_max_tokens_finishes_with_length_and_frees_blocks() -> None:
     assert step(scheduler)[0].finished_request_ids == ("a",)
 
 
-@dataclass(frozen=True)
-class ParamsWithMinTokens(SamplingParams):
-    """SamplingParams has no min_tokens yet; the scheduler honours one as soon as it does."""
-
-    min_tokens: int = 0
-
-
 def test_min_tokens_suppresses_early_stops() -> None:
     scheduler = make_scheduler()
-    params = ParamsWithMinTokens(max_tokens=6, min_tokens=3)
+    params = SamplingParams(max_tokens=6, min_tokens=3)
     scheduler.add_request(Request("a", [5, 6, 7, 8], params, eos_token_id=EOS))
     tokens = [t for _ in range(6) for u in step(scheduler, lambda item: EOS)[1] for t in u.new_token_ids]
     assert tokens == [EOS] * 3  # EOS before min_tokens outputs exist is ignored; the third output may stop

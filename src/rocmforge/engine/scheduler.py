@@ -268,8 +268,8 @@ class Scheduler:
 
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
         params = request.sampling_params
-        # min_tokens is not a SamplingParams field yet; honour it as soon as it becomes one.
-        if len(request.output_token_ids) < getattr(params, "min_tokens", 0):
+        # The sampler keeps stopping tokens out before min_tokens; this guard keeps the rule whatever sampled.
+        if len(request.output_token_ids) < params.min_tokens:
             return None
         # ignore_eos only silences EOS: explicit stop_token_ids still stop (as in vLLM).
         if (not params.ignore_eos and token_id == request.eos_token_id) or token_id in params.stop_token_ids:
