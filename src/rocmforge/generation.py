@@ -6,7 +6,6 @@ obviously-correct loop that the CLI's first commands and the parity tests use.
 
 from __future__ import annotations
 
-import codecs
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from rocmforge.engine.detokenizer import IncrementalDetokenizer
 from rocmforge.errors import ValidationError
 from rocmforge.gguf.tokenizer import Tokenizer
 from rocmforge.layers.sampler import make_generator, sample_token
@@ -96,9 +96,10 @@ class TextGenerator:
         max_len = min(context_length, len(prompt_ids) + params.max_tokens)
         cache = self.model.new_kv_cache(max_len)
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.eog_token_ids))
+        stop_index = torch.tensor(sorted(stop_ids), dtype=torch.long)
         generator = make_generator(params.seed)
-        # Bytes of a multi-byte character may span tokens: decode incrementally so no delta splits one.
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Bytes of a multi-byte character may span tokens: the detokenizer holds them until complete.
+        detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_ids)
         history = list(prompt_ids)
         stats.prompt_tokens = len(prompt_ids)
 
@@ -111,20 +112,20 @@ class TextGenerator:
             if stats.generated_tokens < params.min_tokens and stop_ids:
                 # Too early to stop: stopping tokens get no probability at all (vLLM's semantics), rather
                 # than being drawn and then ignored.
-                next_logits = next_logits.index_fill(0, torch.tensor(sorted(stop_ids)), float("-inf"))
+                next_logits = next_logits.index_fill(0, stop_index, float("-inf"))
             token_id = sample_token(next_logits, params, history, generator)
             if token_id in stop_ids:
                 stats.finish_reason = "stop"
                 break
             history.append(token_id)
             stats.generated_tokens += 1
-            yield StreamEvent(token_id, decoder.decode(self.tokenizer.token_bytes(token_id, special=False)))
+            yield StreamEvent(token_id, detokenizer.update([token_id]).text)
             if stats.generated_tokens >= params.max_tokens or len(history) >= max_len:
                 stats.finish_reason = "length"
                 break
             logits = self.model.forward(torch.tensor([token_id], dtype=torch.long), len(history) - 1, cache)
             stats.decode_seconds = time.perf_counter() - start
-        tail = decoder.decode(b"", final=True)
+        tail = detokenizer.finish()
         if tail:
             yield StreamEvent(None, tail)
 
