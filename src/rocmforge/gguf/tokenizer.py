@@ -445,6 +445,15 @@ class _SpecialIndex:
         return found
 
 
+def _present(metadata: Mapping[str, Any], key: str, source: str, required: bool) -> bool:
+    """Whether the key is there; a required key that is absent is a GGUFError naming the file and key."""
+    if key in metadata:
+        return True
+    if required:
+        raise GGUFError(f"{source}: missing tokenizer metadata key {key!r}")
+    return False
+
+
 def _get(
     metadata: Mapping[str, Any],
     key: str,
@@ -455,9 +464,7 @@ def _get(
     default: Any = None,
 ) -> Any:
     """A scalar metadata value of the given type, else `default`; GGUFError if mistyped or required+absent."""
-    if key not in metadata:
-        if required:
-            raise GGUFError(f"{source}: missing tokenizer metadata key {key!r}")
+    if not _present(metadata, key, source, required):
         return default
     value = metadata[key]
     # bool is an int in Python; an int id key holding a bool is still wrong, and vice versa.
@@ -475,9 +482,7 @@ def _get_list(
     required: bool = False,
 ) -> list[Any] | None:
     """An array metadata value whose items all have the given type."""
-    if key not in metadata:
-        if required:
-            raise GGUFError(f"{source}: missing tokenizer metadata key {key!r}")
+    if not _present(metadata, key, source, required):
         return None
     value = metadata[key]
     if not isinstance(value, (list, tuple)):
