@@ -36,21 +36,3 @@ def reference_attention(
         scale=scale,
     )
     return out.transpose(0, 1).reshape(q.shape[0], -1).to(q.dtype)
-
-
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """One query token over keys it may all see: q [1, H, D], k [S, KVH, D], v [S, KVH, Dv] -> [1, H * Dv].
-
-    The decode step's fast path (the caller drops keys outside a sliding window first). The query heads that
-    share a KV head become that head's query rows, so grouped-query attention needs no repeat_interleave copy
-    of K/V, and without a mask SDPA takes its fused CPU kernel instead of the masked math path.
-    """
-    num_heads, num_kv_heads = q.shape[1], k.shape[1]
-    group = num_heads // num_kv_heads
-    out = F.scaled_dot_product_attention(
-        q.reshape(1, num_kv_heads, group, q.shape[2]).float(),
-        k.transpose(0, 1).unsqueeze(0).float(),
-        v.transpose(0, 1).unsqueeze(0).float(),
-        scale=scale,
-    )
-    return out.reshape(1, num_heads * v.shape[2]).to(q.dtype)

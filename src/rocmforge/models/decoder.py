@@ -1,7 +1,8 @@
 """One decoder-only transformer covering llama, qwen2, qwen3 and gemma3 through ModelConfig flags.
 
-This is the CPU reference path: plain torch, one sequence at a time, a contiguous KV cache. Faster paths
-(batched, paged, Triton) are tested against it.
+One forward serves every caller: ``forward_batch`` runs a step's packed tokens from many sequences over the
+paged KV cache (the engine), and ``forward`` is its one-sequence special case over a one-block cache (the
+reference generator and the parity tests), so the path checked against llama.cpp is the path that serves.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import torch
 
 from rocmforge.config import ModelConfig
 from rocmforge.layers.activation import gated_activation
-from rocmforge.layers.attention import attention_mask, decode_attention, reference_attention
 from rocmforge.layers.linear import Linear
 from rocmforge.layers.norm import rms_norm
+from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention, store_kv
 from rocmforge.layers.rotary import RotaryEmbedding
+from rocmforge.models.kv_cache import PagedKVCache
 
 
 @dataclass
@@ -42,17 +44,6 @@ class ModelWeights:
     final_norm: torch.Tensor
     lm_head: Linear  # shares embed_tokens' storage when the model ties them
     rope_freq_factors: torch.Tensor | None = None
-
-
-class KVCache:
-    """Contiguous per-layer K/V for one sequence: [max_len, num_kv_heads, head_dim]."""
-
-    def __init__(self, config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape_k = (max_len, config.num_kv_heads, config.head_dim)
-        shape_v = (max_len, config.num_kv_heads, config.v_head_dim)
-        self.keys = [torch.zeros(shape_k, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.values = [torch.zeros(shape_v, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.max_len = max_len
 
 
 @dataclass
@@ -126,35 +117,51 @@ class DecoderModel:
             qk_norm=qk_norm,
         )
 
-    def new_kv_cache(self, max_len: int) -> KVCache:
-        return KVCache(self.config, max_len, self.dtype, self.device)
+    @property
+    def attention_windows(self) -> tuple[int | None, ...]:
+        """The distinct sliding windows of the layers (None: global attention)."""
+        return tuple({self.config.layer_window(i) for i in range(self.config.num_layers)})
 
-    @torch.inference_mode()
+    def new_kv_cache(self, max_len: int) -> PagedKVCache:
+        """A one-sequence cache: a single block of max_len slots."""
+        return PagedKVCache(self.config, 1, max_len, self.dtype, self.device)
+
     def forward(
-        self, token_ids: torch.Tensor, start_pos: int, cache: KVCache, all_logits: bool = False
+        self, token_ids: torch.Tensor, start_pos: int, cache: PagedKVCache, all_logits: bool = False
     ) -> torch.Tensor:
-        """Run tokens at positions start_pos.. through the model, appending their K/V.
+        """One sequence's tokens at positions start_pos.. over a cache from ``new_kv_cache``.
 
         Returns float32 logits: [T, vocab] with all_logits, else [1, vocab] for the last token only (prefill
         needs just that one, and the vocab projection is the largest matmul of small models).
         """
+        num_tokens = int(token_ids.shape[0])
+        end_pos = start_pos + num_tokens
+        if cache.num_blocks != 1 or end_pos > cache.max_len:
+            raise ValueError(f"sequence of {end_pos} tokens exceeds the KV cache of {cache.max_len}")
+        metadata = PagedAttentionMetadata.build(
+            [SequenceSlice(0, num_tokens, end_pos, (0,))], cache.block_size, self.attention_windows, self.device
+        )
+        positions = torch.arange(start_pos, end_pos, device=self.device)
+        logits_indices = None if all_logits else torch.tensor([num_tokens - 1], device=self.device)
+        return self.forward_batch(token_ids.to(self.device), positions, cache, metadata, logits_indices)
+
+    @torch.inference_mode()
+    def forward_batch(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: PagedKVCache,
+        metadata: PagedAttentionMetadata,
+        logits_indices: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Run a step's packed tokens [T] at their positions [T], writing their K/V to ``metadata.slot_mapping``.
+
+        Returns float32 logits for the rows ``logits_indices`` (all rows when None): only the tokens that
+        sample need the vocab projection, the largest matmul of small models.
+        """
         cfg, w = self.config, self.weights
         num_tokens = token_ids.shape[0]
-        end_pos = start_pos + num_tokens
-        if end_pos > cache.max_len:
-            raise ValueError(f"sequence of {end_pos} tokens exceeds the KV cache of {cache.max_len}")
-        positions = torch.arange(start_pos, end_pos, device=self.device)
         rope_tables = {swa: rope.cos_sin(positions) for swa, rope in self._rope.items()}
-        # A single query token sees every cached key but those beyond its window: decode slices the cache
-        # instead of building a mask (see decode_attention).
-        decode = num_tokens == 1
-        masks: dict[int | None, torch.Tensor] = {}
-        if not decode:
-            k_positions = torch.arange(0, end_pos, device=self.device)
-            masks = {
-                window: attention_mask(positions, k_positions, window)
-                for window in {cfg.layer_window(i) for i in range(cfg.num_layers)}
-            }
         q_size, kv_size = cfg.q_size, cfg.kv_size
         num_qk_heads = cfg.num_heads + cfg.num_kv_heads
         h = w.embed_tokens[token_ids].to(self.dtype)
@@ -172,25 +179,9 @@ class DecoderModel:
             cos, sin = rope_tables[swa]
             qk = self._rope[swa].apply(qk, cos, sin)
             q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
-            cache.keys[index][start_pos:end_pos] = k
-            cache.values[index][start_pos:end_pos] = v
-            window = cfg.layer_window(index)
-            if decode:
-                first = 0 if window is None else max(0, end_pos - window)
-                attn = decode_attention(
-                    q,
-                    cache.keys[index][first:end_pos],
-                    cache.values[index][first:end_pos],
-                    cfg.attention_scale,
-                )
-            else:
-                attn = reference_attention(
-                    q,
-                    cache.keys[index][:end_pos],
-                    cache.values[index][:end_pos],
-                    masks[window],
-                    cfg.attention_scale,
-                )
+            key_cache, value_cache = cache.key_caches[index], cache.value_caches[index]
+            store_kv(key_cache, value_cache, k, v, metadata.slot_mapping)
+            attn = paged_attention(q, key_cache, value_cache, metadata, cfg.layer_window(index), cfg.attention_scale)
             attn = layer.o_proj(attn)
             if layer.post_attn_norm is not None:
                 attn = rms_norm(attn, layer.post_attn_norm, cfg.rms_norm_eps)
@@ -201,7 +192,7 @@ class DecoderModel:
             if layer.post_ffn_norm is not None:
                 ffn = rms_norm(ffn, layer.post_ffn_norm, cfg.rms_norm_eps)
             h = h + ffn
-        if not all_logits:
-            h = h[-1:]
+        if logits_indices is not None:
+            h = h[logits_indices]
         h = rms_norm(h, w.final_norm, cfg.rms_norm_eps)
         return w.lm_head(h).float()

@@ -1,0 +1,210 @@
+"""Attention over a paged KV cache for a batch of sequences, each with any number of new query tokens.
+
+Cache layout, per layer: key_cache [num_blocks, block_size, num_kv_heads, head_dim] and value_cache
+[num_blocks, block_size, num_kv_heads, v_head_dim]. A token's flat slot is block_id * block_size + offset.
+
+The step's new tokens are packed: q [num_tokens, num_heads, head_dim] holds sequence 0's query tokens, then
+sequence 1's, ... (``query_start_loc`` marks the boundaries). Sequence b's KV length after this step is
+``seq_lens[b]``, so its i-th query token sits at position seq_lens[b] - query_len_b + i and attends to keys at
+positions 0..itself (within the layer's sliding window, if any). One rule covers prefill chunks, prefix-cache
+hits and decodes; the Triton kernel implements the same contract on the GPU.
+
+This module is the CPU path: decodes (one query token) are batched into one SDPA call per layer over keys
+gathered into a padded [batch, max_seq_len] layout; each prefill chunk runs on its own with a causal mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from rocmforge.layers.attention import attention_mask, reference_attention
+
+
+@dataclass(frozen=True)
+class SequenceSlice:
+    """One sequence's share of a step: its query tokens' range in the packed batch and its KV layout."""
+
+    query_start: int
+    query_len: int
+    seq_len: int
+    block_table: tuple[int, ...]
+
+
+@dataclass
+class _PrefillPlan:
+    query_rows: slice
+    key_slots: torch.Tensor | slice  # flat cache slots of keys 0..seq_len-1 (a slice when the blocks are adjacent)
+    masks: dict[int | None, torch.Tensor]  # per sliding window: [query_len, seq_len]
+
+
+@dataclass
+class _DecodePlan:
+    query_rows: torch.Tensor  # [batch] row of each decode token in the packed batch
+    # [batch, max_seq_len] padded with slot 0, or a slice for a lone sequence in adjacent blocks (no copy)
+    key_slots: torch.Tensor | slice
+    # per sliding window: [batch, 1, 1, max_seq_len], or None when every key is visible (SDPA's fused path)
+    masks: dict[int | None, torch.Tensor | None]
+
+
+@dataclass
+class PagedAttentionMetadata:
+    """Everything a step's attention needs, built once per step and shared by every layer.
+
+    Device tensors (``slot_mapping``, ``query_start_loc``, ``seq_lens``, ``block_tables``) serve the GPU
+    kernels; the plans are the CPU path's precomputed gathers and masks.
+    """
+
+    block_size: int
+    sequences: tuple[SequenceSlice, ...]
+    slot_mapping: torch.Tensor  # [num_tokens] int64: where each new token's K/V is written
+    query_start_loc: torch.Tensor  # [batch + 1] int32
+    seq_lens: torch.Tensor  # [batch] int32
+    block_tables: torch.Tensor  # [batch, max_blocks] int32, padded with 0
+    _prefills: list[_PrefillPlan] = field(default_factory=list)
+    _decode: _DecodePlan | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.slot_mapping.shape[0])
+
+    @classmethod
+    def build(
+        cls,
+        sequences: Sequence[SequenceSlice],
+        block_size: int,
+        windows: Sequence[int | None],
+        device: torch.device,
+    ) -> PagedAttentionMetadata:
+        """Metadata for packed sequences; ``windows`` lists the distinct sliding windows of the model's layers."""
+        slots: list[int] = []
+        for seq in sequences:
+            first = seq.seq_len - seq.query_len
+            table = seq.block_table
+            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(first, seq.seq_len))
+        max_blocks = max((len(seq.block_table) for seq in sequences), default=0)
+        tables = [list(seq.block_table) + [0] * (max_blocks - len(seq.block_table)) for seq in sequences]
+        starts = [seq.query_start for seq in sequences] + [sum(seq.query_len for seq in sequences)]
+        metadata = cls(
+            block_size=block_size,
+            sequences=tuple(sequences),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor([seq.seq_len for seq in sequences], dtype=torch.int32, device=device),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=device).reshape(len(sequences), max_blocks),
+        )
+        if device.type == "cpu":
+            metadata._plan_cpu(set(windows))
+        return metadata
+
+    def _plan_cpu(self, windows: set[int | None]) -> None:
+        decodes = [seq for seq in self.sequences if seq.query_len == 1]
+        for seq in self.sequences:
+            if seq.query_len == 1:
+                continue
+            positions = torch.arange(seq.seq_len - seq.query_len, seq.seq_len)
+            key_positions = torch.arange(seq.seq_len)
+            self._prefills.append(
+                _PrefillPlan(
+                    query_rows=slice(seq.query_start, seq.query_start + seq.query_len),
+                    key_slots=_key_slots(seq, self.block_size),
+                    masks={window: attention_mask(positions, key_positions, window) for window in windows},
+                )
+            )
+        if not decodes:
+            return
+        max_len = max(seq.seq_len for seq in decodes)
+        key_slots: torch.Tensor | slice
+        if len(decodes) == 1 and isinstance(lone := _key_slots(decodes[0], self.block_size), slice):
+            key_slots = lone
+        else:
+            key_slots = torch.zeros(len(decodes), max_len, dtype=torch.long)
+            for row, seq in enumerate(decodes):
+                slots = _key_slots(seq, self.block_size)
+                key_slots[row, : seq.seq_len] = (
+                    torch.arange(slots.start, slots.stop) if isinstance(slots, slice) else slots
+                )
+        seq_lens = torch.tensor([seq.seq_len for seq in decodes])
+        key_positions = torch.arange(max_len)
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in windows:
+            # The decode token sits at seq_len - 1; keys past seq_len are padding.
+            mask = key_positions[None, :] < seq_lens[:, None]
+            if window is not None:
+                mask &= key_positions[None, :] > (seq_lens[:, None] - 1 - window)
+            masks[window] = None if bool(mask.all()) else mask[:, None, None, :]
+        self._decode = _DecodePlan(
+            query_rows=torch.tensor([seq.query_start for seq in decodes]),
+            key_slots=key_slots,
+            masks=masks,
+        )
+
+
+def _key_slots(seq: SequenceSlice, block_size: int) -> torch.Tensor | slice:
+    """Flat slots of keys 0..seq_len-1: a slice (a view, no copy) when its blocks are adjacent and ascending."""
+    num_blocks = -(-seq.seq_len // block_size)
+    table = seq.block_table[:num_blocks]
+    if all(table[i + 1] == table[i] + 1 for i in range(len(table) - 1)):
+        start = table[0] * block_size
+        return slice(start, start + seq.seq_len)
+    blocks = torch.tensor(table, dtype=torch.long)
+    return (blocks[:, None] * block_size + torch.arange(block_size)[None, :]).reshape(-1)[: seq.seq_len]
+
+
+def store_kv(
+    key_cache: torch.Tensor, value_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """Write the step's new K/V [num_tokens, num_kv_heads, dim] into their flat cache slots."""
+    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slots, key.to(key_cache.dtype))
+    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slots, value.to(value_cache.dtype))
+
+
+def paged_attention(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    metadata: PagedAttentionMetadata,
+    window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """q [num_tokens, num_heads, head_dim] -> [num_tokens, num_heads * v_head_dim], softmax in float32."""
+    num_tokens, num_heads, _ = q.shape
+    num_kv_heads, v_dim = value_cache.shape[2], value_cache.shape[3]
+    keys = key_cache.view(-1, num_kv_heads, key_cache.shape[3])
+    values = value_cache.view(-1, num_kv_heads, v_dim)
+    out = torch.empty(num_tokens, num_heads * v_dim, dtype=q.dtype, device=q.device)
+    for plan in metadata._prefills:
+        out[plan.query_rows] = reference_attention(
+            q[plan.query_rows], keys[plan.key_slots], values[plan.key_slots], plan.masks[window], scale
+        )
+    decode = metadata._decode
+    if decode is not None:
+        k, v = keys[decode.key_slots], values[decode.key_slots]
+        if isinstance(decode.key_slots, slice):
+            k, v = k.unsqueeze(0), v.unsqueeze(0)
+        out[decode.query_rows] = _batched_decode_attention(q[decode.query_rows], k, v, decode.masks[window], scale)
+    return out
+
+
+def _batched_decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """q [B, H, D], k [B, S, KVH, D], v [B, S, KVH, Dv], mask [B, 1, 1, S] -> [B, H * Dv].
+
+    The query heads sharing a KV head become that head's query rows ([B, KVH, group, D]), so grouped-query
+    attention needs no repeat_interleave copy of K/V.
+    """
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    group = num_heads // num_kv_heads
+    out = F.scaled_dot_product_attention(
+        q.reshape(batch, num_kv_heads, group, head_dim).float(),
+        k.transpose(1, 2).float(),
+        v.transpose(1, 2).float(),
+        attn_mask=mask,
+        scale=scale,
+    )
+    return out.reshape(batch, num_heads * v.shape[3]).to(q.dtype)
