@@ -29,3 +29,15 @@ class ModelNotFoundError(RocmForgeError):
 
 class DownloadError(RocmForgeError):
     """Fetching or verifying a named model failed."""
+
+
+class EngineNotRunningError(RocmForgeError):
+    """The engine cannot take the request now: not started yet, or draining / stopped."""
+
+
+class EngineDeadError(RocmForgeError):
+    """The engine loop failed; every pending request fails with this, and the engine accepts no more."""
+
+
+class QueueFullError(RocmForgeError):
+    """The engine's waiting queue is full; retry later."""

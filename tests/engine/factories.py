@@ -30,7 +30,7 @@ def make_request(
     """A request with an explicit prompt, or ``prompt`` consecutive token ids from ``start``."""
     prompt_token_ids = list(range(start, start + prompt)) if isinstance(prompt, int) else list(prompt)
     params = SamplingParams(max_tokens=max_tokens, stop_token_ids=tuple(stop_token_ids), ignore_eos=ignore_eos)
-    return Request(request_id, prompt_token_ids, params, eos_token_id=eos_token_id)
+    return Request(request_id, prompt_token_ids, params, eos_token_ids=() if eos_token_id is None else (eos_token_id,))
 
 
 def make_scheduler(

@@ -212,7 +212,7 @@ def test_max_tokens_finishes_with_length_and_frees_blocks() -> None:
 def test_min_tokens_suppresses_early_stops() -> None:
     scheduler = make_scheduler()
     params = SamplingParams(max_tokens=6, min_tokens=3)
-    scheduler.add_request(Request("a", [5, 6, 7, 8], params, eos_token_id=EOS))
+    scheduler.add_request(Request("a", [5, 6, 7, 8], params, eos_token_ids=(EOS,)))
     tokens = [t for _ in range(6) for u in step(scheduler, lambda item: EOS)[1] for t in u.new_token_ids]
     assert tokens == [EOS] * 3  # EOS before min_tokens outputs exist is ignored; the third output may stop
     assert not scheduler.has_unfinished_requests()

@@ -6,10 +6,9 @@ import argparse
 
 import torch
 
+from rocmforge.engine.config import DTYPES
 from rocmforge.errors import ConfigError
 from rocmforge.hub import DEFAULT_MODEL
-
-DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:

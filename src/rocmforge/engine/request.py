@@ -7,7 +7,7 @@ prefix-cache hit, a decode step and a request recomputing after preemption are a
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from rocmforge.errors import ValidationError
@@ -15,6 +15,8 @@ from rocmforge.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     import torch
+
+    from rocmforge.layers.sampler import RequestSampler
 
 # (output token ids so far, the next token's logits for this request) -> adjusted logits. The model runner
 # applies a request's processors in order before its sampler; grammar-constrained decoding plugs in here.
@@ -51,8 +53,9 @@ class Request:
 
     ``num_computed_tokens`` counts the leading tokens whose KV is in the cache (prefix hits included);
     ``num_cached_tokens`` how many of those the prefix cache supplied at its latest admission.
-    ``eos_token_id`` comes from the tokenizer (the front end fills it in); ``logits_processors`` are only
-    carried by the scheduler and applied by the model runner (see ``LogitsProcessor``).
+    ``eos_token_ids`` (end of generation) come from the tokenizer (the engine fills them in);
+    ``logits_processors`` are only carried by the scheduler and applied by the model runner (see ``LogitsProcessor``).
+    ``sampler`` is the request's sampling state (generator, penalty counts), set by the engine core.
     ``arrival_index`` is set by the scheduler on submission and orders requests first come, first served.
     """
 
@@ -62,7 +65,7 @@ class Request:
         prompt_token_ids: Sequence[int],
         sampling_params: SamplingParams | None = None,
         *,
-        eos_token_id: int | None = None,
+        eos_token_ids: Collection[int] = (),
         logits_processors: Sequence[LogitsProcessor] = (),
     ) -> None:
         if not isinstance(request_id, str) or not request_id:
@@ -75,7 +78,7 @@ class Request:
         self.request_id = request_id
         self.prompt_token_ids: tuple[int, ...] = tuple(prompt)
         self.sampling_params = sampling_params if sampling_params is not None else SamplingParams()
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = frozenset(eos_token_ids)
         self.logits_processors: list[LogitsProcessor] = list(logits_processors)
         self.output_token_ids: list[int] = []
         # Prompt then outputs, kept as one list so the block manager can read it without a copy per step.
@@ -86,6 +89,7 @@ class Request:
         self.status = RequestStatus.WAITING
         self.stop_token_id: int | None = None  # the EOS / stop token that finished it, if any
         self.arrival_index = -1
+        self.sampler: RequestSampler | None = None
 
     def __repr__(self) -> str:
         return (

@@ -80,10 +80,17 @@ class Scheduler:
             raise ValidationError(f"request id {request.request_id!r} is already in use")
         if request.is_finished or request.num_computed_tokens or request.output_token_ids:
             raise ValidationError(f"request {request.request_id!r} is not new: it has already run")
-        num_prompt, max_tokens = request.num_prompt_tokens, request.max_tokens
+        self.check_fits(request.request_id, request.num_prompt_tokens, request.max_tokens)
+
+    def check_fits(self, request_id: str, num_prompt: int, max_tokens: int) -> None:
+        """Raise ValidationError if such a request could never complete (context or KV cache too small).
+
+        Reads only settings fixed at construction, so a front end may call it from any thread to reject a
+        request at submission, before it reaches the engine loop.
+        """
         if num_prompt + max_tokens > self.max_model_len:
             raise ValidationError(
-                f"request {request.request_id!r}: prompt of {num_prompt} tokens plus max_tokens={max_tokens} is "
+                f"request {request_id!r}: prompt of {num_prompt} tokens plus max_tokens={max_tokens} is "
                 f"{num_prompt + max_tokens} tokens, more than the model's context length of {self.max_model_len}"
             )
         # KV is never computed for the very last sampled token, hence the - 1.
@@ -91,7 +98,7 @@ class Scheduler:
         num_blocks_needed = cdiv(num_prompt + max_tokens - 1, block_size)
         if num_blocks_needed > self.block_manager.num_blocks:
             raise ValidationError(
-                f"request {request.request_id!r}: prompt of {num_prompt} tokens plus max_tokens={max_tokens} needs "
+                f"request {request_id!r}: prompt of {num_prompt} tokens plus max_tokens={max_tokens} needs "
                 f"{num_blocks_needed} KV cache blocks of {block_size} tokens, but the cache has only "
                 f"{self.block_manager.num_blocks}; lower max_tokens or enlarge the cache"
             )
@@ -272,7 +279,7 @@ class Scheduler:
         if len(request.output_token_ids) < params.min_tokens:
             return None
         # ignore_eos only silences EOS: explicit stop_token_ids still stop (as in vLLM).
-        if (not params.ignore_eos and token_id == request.eos_token_id) or token_id in params.stop_token_ids:
+        if (not params.ignore_eos and token_id in request.eos_token_ids) or token_id in params.stop_token_ids:
             request.stop_token_id = token_id
             return RequestStatus.FINISHED_STOPPED
         if len(request.output_token_ids) >= params.max_tokens or request.num_tokens >= self.max_model_len:
