@@ -250,15 +250,21 @@ class EngineLoop:
             if idle and deadline is not None:
                 return
             # Idle: block until a message comes. Busy: take what has arrived and step.
+            outputs: list[EngineCoreOutput] = []
             for message in self._take_messages(block=idle):
                 if isinstance(message, _Drain):
                     if deadline is None and self._hooks.on_drain:
                         self._hooks.on_drain()
                     deadline = message.deadline if deadline is None else min(deadline, message.deadline)
                 else:
-                    self._handle(core, message, live)
-            if deadline is not None and time.monotonic() >= deadline:
-                self._emit(core.abort_all(), live)
+                    outputs.extend(self._handle(core, message, live))
+            draining_done = deadline is not None and time.monotonic() >= deadline
+            if draining_done:
+                outputs.extend(core.abort_all())
+            # Stats first, outputs second: a caller woken by its stream's end sees the stats that followed it.
+            self.stats = core.stats()
+            self._emit(outputs, live)
+            if draining_done:
                 return
             if core.has_unfinished_requests():
                 if self._hooks.before_step:
@@ -277,18 +283,16 @@ class EngineLoop:
             except queue.Empty:
                 return messages
 
-    def _handle(self, core: EngineCore, message: _AddRequest | _Abort, live: set[str]) -> None:
+    def _handle(self, core: EngineCore, message: _AddRequest | _Abort, live: set[str]) -> list[EngineCoreOutput]:
         if isinstance(message, _Abort):
-            self._emit(core.abort(message.request_id, message.index), live)
-            return
+            return core.abort(message.request_id, message.index)
         try:
             core.add_request(message.request_id, message.prompt_token_ids, message.params, message.logits_processors)
         except ValidationError as exc:
             # Queued before the model was loaded (so not validated at submission): refused now, on its stream.
-            self._sink([EngineCoreOutput(message.request_id, 0, error=exc)])
-            return
+            return [EngineCoreOutput(message.request_id, 0, error=exc)]
         live.add(message.request_id)
-        self.stats = core.stats()
+        return []
 
     def _emit(self, outputs: list[EngineCoreOutput], live: set[str]) -> None:
         if not outputs:

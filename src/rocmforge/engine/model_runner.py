@@ -40,6 +40,7 @@ class ModelRunner:
     def device(self) -> torch.device:
         return self.model.device
 
+    @torch.inference_mode()
     def execute(self, output: SchedulerOutput, requests: Mapping[str, Request]) -> StepLogits:
         """Copy forked blocks, run the step's tokens, and return the sampling requests' processed logits."""
         self.kv_cache.copy_blocks(list(output.block_copies))
@@ -76,6 +77,7 @@ class ModelRunner:
             logits[row] = row_logits
         return StepLogits(tuple(sampling_ids), logits)
 
+    @torch.inference_mode()
     def warm_up(self) -> None:
         """One small prefill and one decode through block 0, so the first request pays no first-call costs.
 
