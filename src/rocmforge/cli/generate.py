@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import sys
+from pathlib import Path
 from typing import Any
 
-from rocmforge.cli.options import add_dtype_option, add_model_option, torch_dtype
+from rocmforge.cli.options import add_dtype_option, add_model_option
+from rocmforge.engine.async_llm import AsyncLLM
+from rocmforge.engine.config import EngineConfig
+from rocmforge.engine.outputs import RequestMetrics
 from rocmforge.errors import ValidationError
-from rocmforge.generation import GenerationStats, TextGenerator
 from rocmforge.hub import resolve_model
 from rocmforge.sampling_params import SamplingParams
 
@@ -55,18 +60,54 @@ def run(args: argparse.Namespace) -> int:
         ignore_eos=args.ignore_eos,
     )
     path = resolve_model(args.model, progress=not args.quiet)
-    generator = TextGenerator.from_path(path, dtype=torch_dtype(args.dtype), progress=not args.quiet)
-    stats = GenerationStats()
-    for event in generator.stream(prompt, params, stats):
-        sys.stdout.write(event.text)
-        sys.stdout.flush()
+    config = EngineConfig(dtype=args.dtype, max_num_seqs=1)
+    metrics = asyncio.run(_stream(path, prompt, params, config, progress=not args.quiet))
     sys.stdout.write("\n")
     sys.stdout.flush()
     if not args.quiet:
-        print(
-            f"[{stats.prompt_tokens} prompt tokens at {stats.prefill_tokens_per_second:.1f} tok/s, "
-            f"{stats.generated_tokens} generated at {stats.decode_tokens_per_second:.1f} tok/s, "
-            f"finish: {stats.finish_reason}]",
-            file=sys.stderr,
-        )
+        print(_speed_line(metrics), file=sys.stderr)
     return 0
+
+
+async def _stream(path: Path, prompt: str, params: SamplingParams, config: EngineConfig, progress: bool) -> _Result:
+    """Run one request through the engine, writing text as it streams. Ctrl-C cancels this coroutine, which
+    aborts the request, and ``async with`` then shuts the engine down before the process exits."""
+    async with AsyncLLM(path, config, progress=progress) as llm:
+        prompt_ids = llm.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        room = llm.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise ValidationError(
+                f"prompt of {len(prompt_ids)} tokens does not fit the context length of {llm.max_model_len}"
+            )
+        # Like llama.cpp's -n, a request for more tokens than the context holds stops at the context's end.
+        params = dataclasses.replace(params, max_tokens=min(params.max_tokens, room))
+        result = _Result(len(prompt_ids))
+        async for output in llm.generate(prompt_ids, params):
+            sample = output.outputs[0]
+            sys.stdout.write(sample.text)
+            sys.stdout.flush()
+            result.generated += len(sample.token_ids)
+            result.finish_reason = sample.finish_reason
+            result.metrics = output.metrics
+        return result
+
+
+@dataclasses.dataclass
+class _Result:
+    prompt_tokens: int
+    generated: int = 0
+    finish_reason: str | None = None
+    metrics: RequestMetrics | None = None
+
+
+def _speed_line(result: _Result) -> str:
+    prefill = decode = 0.0
+    metrics = result.metrics
+    if metrics is not None and metrics.first_token_time is not None:
+        prefill = result.prompt_tokens / max(metrics.first_token_time - metrics.arrival_time, 1e-9)
+        if metrics.finished_time is not None and result.generated > 1:
+            decode = (result.generated - 1) / max(metrics.finished_time - metrics.first_token_time, 1e-9)
+    return (
+        f"[{result.prompt_tokens} prompt tokens at {prefill:.1f} tok/s, "
+        f"{result.generated} generated at {decode:.1f} tok/s, finish: {result.finish_reason}]"
+    )

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rocmforge import __version__
-from rocmforge.cli import generate, inspect, models
+from rocmforge.cli import bench, generate, inspect, models
 from rocmforge.errors import RocmForgeError
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.register(commands)
     inspect.register(commands)
     models.register(commands)
+    bench.register(commands)
     return parser
 
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from rocmforge.engine.config import DTYPES
-from rocmforge.errors import ConfigError
 from rocmforge.hub import DEFAULT_MODEL
 
 
@@ -28,9 +25,3 @@ def add_dtype_option(parser: argparse.ArgumentParser) -> None:
         help="storage and matmul dtype of weight matrices; bf16 is fastest on CPUs with AVX-512 BF16 (default: bf16)",
     )
 
-
-def torch_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {name!r}; choose one of {', '.join(sorted(DTYPES))}") from None

@@ -68,6 +68,14 @@ class AsyncLLM:
     def tokenizer(self) -> Tokenizer:
         return self.source.tokenizer
 
+    @property
+    def max_model_len(self) -> int:
+        """The most prompt plus output tokens one request may have (known once started)."""
+        core = self.engine.core
+        if core is None:
+            raise EngineNotRunningError("engine is not running")
+        return core.max_model_len
+
     async def start(self) -> None:
         """Return once the engine loop runs and a warm-up step has completed; raise if it failed to start."""
         loop = asyncio.get_running_loop()

@@ -23,7 +23,7 @@ from rocmforge.engine.core import EngineCore, EngineStats
 from rocmforge.engine.lifecycle import EngineState, check_transition
 from rocmforge.engine.outputs import EngineCoreOutput
 from rocmforge.engine.request import LogitsProcessor
-from rocmforge.errors import EngineDeadError, EngineNotRunningError, ValidationError
+from rocmforge.errors import EngineDeadError, EngineNotRunningError, RocmForgeError, ValidationError
 from rocmforge.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class EngineLoop:
 
     def raise_if_not_ready(self) -> None:
         if self._state is EngineState.DEAD:
-            raise EngineDeadError(f"engine failed to start: {self.error!r}") from self.error
+            raise EngineDeadError(f"engine failed to start: {self.error}") from self.error
         if self._state is not EngineState.READY:
             raise EngineNotRunningError(f"engine is {self._state.value}: it accepts no new requests")
 
@@ -223,7 +223,10 @@ class EngineLoop:
             self._signal_started()
             self._serve(core, live)
         except BaseException as exc:  # any failure must reach every waiting caller
-            logger.exception("engine loop failed")
+            if isinstance(exc, RocmForgeError):  # a bad model file and the like: every caller gets the message
+                logger.debug("engine loop failed: %s", exc)
+            else:
+                logger.exception("engine loop failed")
             self._die(exc, live)
         finally:
             self._core = None

@@ -1,0 +1,216 @@
+"""`rocmforge bench throughput|latency`: offline benchmarks of the engine (the logic is in rocmforge.bench)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rocmforge.bench import report, workload
+from rocmforge.bench.latency import measure_latency
+from rocmforge.bench.throughput import ThroughputResult, measure_throughput, started_engine
+from rocmforge.cli.options import add_dtype_option, add_model_option
+from rocmforge.engine.config import EngineConfig
+from rocmforge.engine.llm import LLM
+from rocmforge.errors import ValidationError
+from rocmforge.sampling_params import SamplingParams
+
+DEFAULT_NUM_PROMPTS = 64
+DEFAULT_INPUT_LEN = 128
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "bench",
+        help="measure the engine's throughput or latency",
+        description="Offline benchmarks in the manner of vLLM's: `throughput` submits many requests at once, "
+        "`latency` times whole batches end to end. Every request generates exactly --output-len tokens.",
+    )
+    kinds = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+
+    throughput = kinds.add_parser(
+        "throughput",
+        help="requests/s, tok/s, TTFT and TPOT of many requests submitted at once",
+        description="Submit every prompt at once through the engine and report requests/s, output and total "
+        "(prompt + output) tok/s, and TTFT, TPOT, ITL and end-to-end latency percentiles. Prompts are random "
+        "token ids (seeded, no special tokens) or come from --dataset.",
+    )
+    _add_common(throughput)
+    throughput.add_argument(
+        "--num-prompts",
+        type=int,
+        default=None,
+        help=f"number of requests (default: {DEFAULT_NUM_PROMPTS}, or every prompt of --dataset)",
+    )
+    throughput.add_argument(
+        "--input-len",
+        type=int,
+        default=None,
+        help=f"prompt tokens per request (default: {DEFAULT_INPUT_LEN}; with --dataset: cut prompts to this length, "
+        "default as they are)",
+    )
+    throughput.add_argument("--output-len", type=int, default=128, help="output tokens per request (default: 128)")
+    throughput.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="prompts from FILE: a JSON list of strings if it ends in .json, else one prompt per line",
+    )
+    throughput.set_defaults(handler=run_throughput)
+
+    latency = kinds.add_parser(
+        "latency",
+        help="end-to-end latency of one batch, over several iterations",
+        description="Time a whole batch of random prompts from submission to the last token, --num-iters times "
+        "after --num-iters-warmup untimed runs, and report the average and percentiles.",
+    )
+    _add_common(latency)
+    latency.add_argument("--input-len", type=int, default=32, help="prompt tokens per request (default: 32)")
+    latency.add_argument("--output-len", type=int, default=128, help="output tokens per request (default: 128)")
+    latency.add_argument("--batch-size", type=int, default=8, help="requests per batch (default: 8)")
+    latency.add_argument("--num-iters", type=int, default=3, help="timed iterations (default: 3)")
+    latency.add_argument("--num-iters-warmup", type=int, default=1, help="untimed iterations first (default: 1)")
+    latency.set_defaults(handler=run_latency)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    add_model_option(parser)
+    add_dtype_option(parser)
+    parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="most requests in a step (default: 64)")
+    parser.add_argument(
+        "--max-num-batched-tokens", type=int, default=2048, help="most tokens in a step (default: 2048)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature, 0 for greedy (default: 1.0, as vLLM's benchmarks)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts (default: 0)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
+
+
+def _check_counts(args: argparse.Namespace, names: tuple[str, ...], minimum: int = 1) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ValidationError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        dtype=args.dtype,
+        device=args.device,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
+
+
+def _setup_rows(args: argparse.Namespace, workload: str) -> list[tuple[str, str]]:
+    return [
+        ("model", f"{args.model} ({args.dtype}, {args.device})"),
+        ("workload", workload),
+        ("engine", f"max_num_seqs={args.max_num_seqs} max_num_batched_tokens={args.max_num_batched_tokens}"),
+        ("sampling", f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature:g}'}, ignore_eos"),
+    ]
+
+
+def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        key: str(value) if isinstance(value, Path) else value
+        for key, value in vars(args).items()
+        if key not in ("handler", "command")
+    }
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    _check_counts(args, ("num_prompts", "input_len", "output_len", "max_num_seqs", "max_num_batched_tokens"))
+    report.check_json_target(args.json)
+    texts = workload.load_prompt_texts(args.dataset) if args.dataset is not None else None
+    num_prompts = args.num_prompts if args.num_prompts is not None or texts is not None else DEFAULT_NUM_PROMPTS
+    if texts is not None and num_prompts is not None and num_prompts > len(texts):
+        raise ValidationError(
+            f"dataset {args.dataset} holds {len(texts)} prompts, fewer than --num-prompts {num_prompts}"
+        )
+    input_len = args.input_len if args.input_len is not None or texts is not None else DEFAULT_INPUT_LEN
+    config = _engine_config(args)
+    params = SamplingParams(max_tokens=args.output_len, temperature=args.temperature, ignore_eos=True)
+    machine = report.machine_info(args.device)
+    progress = sys.stderr.isatty()
+
+    async def bench() -> tuple[ThroughputResult, Path]:
+        async with started_engine(args.model, config) as (llm, core):
+            if texts is not None:
+
+                def encode(text: str) -> list[int]:
+                    return llm.tokenizer.encode(text, add_special=True, parse_special=True)
+
+                prompts = workload.file_prompts(texts, encode, num_prompts, input_len)
+            else:
+                pool = workload.sampleable_token_ids(llm.tokenizer, core.vocab_size)
+                prompts = workload.random_prompts(pool, num_prompts, input_len, args.seed)
+            workload.check_fits(prompts, args.output_len, core.max_model_len)
+            result = await measure_throughput(llm, prompts, params, progress=progress)
+            return result, llm.source.path
+
+    result, path = asyncio.run(bench())
+    if texts is not None:
+        described = f"{result.num_requests} prompts from {args.dataset}"
+        described += f" (cut to {input_len} tokens)" if input_len is not None else ""
+        described += f", {args.output_len} output tokens each"
+    else:
+        described = f"{result.num_requests} random prompts of {input_len} tokens, {args.output_len} output tokens each"
+    print(report.throughput_table(result, _setup_rows(args, described)))
+    if args.json is not None:
+        machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        payload = {
+            "benchmark": "throughput",
+            "config": _config_dict(args) | {"num_prompts": result.num_requests, "input_len": input_len},
+            "model": report.model_info(args.model, path, args.dtype),
+            "machine": machine,
+            "results": result.to_dict(),
+        }
+        report.write_json(args.json, payload)
+    return 0
+
+
+def run_latency(args: argparse.Namespace) -> int:
+    _check_counts(
+        args, ("input_len", "output_len", "batch_size", "num_iters", "max_num_seqs", "max_num_batched_tokens")
+    )
+    _check_counts(args, ("num_iters_warmup",), minimum=0)
+    report.check_json_target(args.json)
+    config = _engine_config(args)
+    params = SamplingParams(max_tokens=args.output_len, temperature=args.temperature, ignore_eos=True)
+    machine = report.machine_info(args.device)
+    iterations = args.num_iters_warmup + args.num_iters
+    llm = LLM(args.model, config, progress=sys.stderr.isatty())
+    try:
+        core = llm.engine.core
+        assert core is not None  # LLM() returns once the engine has started
+        pool = workload.sampleable_token_ids(llm.tokenizer, core.vocab_size)
+        prompts = workload.random_prompts(pool, args.batch_size * iterations, args.input_len, args.seed)
+        workload.check_fits(prompts, args.output_len, core.max_model_len)
+        batches = [prompts[i * args.batch_size : (i + 1) * args.batch_size] for i in range(iterations)]
+        result = measure_latency(llm, batches, params, args.num_iters_warmup)
+        path = llm.source.path
+    finally:
+        llm.shutdown()
+    described = f"batches of {args.batch_size} random prompts of {args.input_len} tokens, {args.output_len} output "
+    described += f"tokens each; {args.num_iters_warmup} warm-up + {args.num_iters} timed iterations"
+    print(report.latency_table(result, _setup_rows(args, described)))
+    if args.json is not None:
+        machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        payload = {
+            "benchmark": "latency",
+            "config": _config_dict(args),
+            "model": report.model_info(args.model, path, args.dtype),
+            "machine": machine,
+            "results": result.to_dict(),
+        }
+        report.write_json(args.json, payload)
+    return 0
