@@ -24,4 +24,3 @@ def add_dtype_option(parser: argparse.ArgumentParser) -> None:
         default="bf16",
         help="storage and matmul dtype of weight matrices; bf16 is fastest on CPUs with AVX-512 BF16 (default: bf16)",
     )
-
