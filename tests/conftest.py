@@ -21,3 +21,16 @@ def model_paths() -> dict[str, Path]:
 def named_model(request: pytest.FixtureRequest, model_paths: dict[str, Path]) -> tuple[str, Path]:
     """Parametrises a test over the three named models: (name, path)."""
     return request.param, model_paths[request.param]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without a GPU (tests/kernels/conftest.py handles its own folder, interpreter included)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    kernels = Path(__file__).parent / "kernels"
+    no_gpu = pytest.mark.skip(reason="needs a CUDA or ROCm GPU")
+    for item in items:
+        if "gpu" in item.keywords and kernels not in Path(item.path).parents:
+            item.add_marker(no_gpu)

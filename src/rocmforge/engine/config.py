@@ -18,13 +18,16 @@ class EngineConfig:
     """How the engine lays out its KV cache and batches its steps. Invalid values raise ConfigError.
 
     ``dtype`` is the weights' matmul dtype (activations and the KV cache stay float32 on the CPU path).
-    The KV cache gets ``num_kv_blocks`` blocks if given, else as many as fit ``kv_cache_memory`` bytes, but
-    never more than ``max_num_seqs`` full-length sequences need. ``max_model_len`` (default: the model's
-    context length) caps prompt plus output tokens per request.
+    ``device`` is "auto" (a GPU when torch sees one; ROCm GPUs are "cuda" devices to torch), "cpu" or "cuda[:N]".
+    The KV cache gets ``num_kv_blocks`` blocks if given; else, on the CPU, as many as fit ``kv_cache_memory``
+    bytes, and on a GPU, what is left of ``gpu_memory_utilization`` of its memory after the weights and the
+    activations of a full-size step; never more than ``max_num_seqs`` full-length sequences need.
+    ``max_model_len`` (default: the model's context length) caps prompt plus output tokens per request.
     """
 
     dtype: str = "bf16"
-    device: str = "cpu"
+    device: str = "auto"
+    gpu_memory_utilization: float = 0.9
     block_size: int = 16
     kv_cache_memory: int = 1 * GiB
     num_kv_blocks: int | None = None
@@ -43,10 +46,27 @@ class EngineConfig:
                 _check_positive(name, getattr(self, name))
         if self.block_size & (self.block_size - 1):
             raise ConfigError(f"block_size must be a power of two, got {self.block_size}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"device {self.device!r} is not a valid torch device: {exc}") from None
+        if not isinstance(self.gpu_memory_utilization, (int, float)) or not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ConfigError(f"device {self.device!r} is not a valid torch device: {exc}") from None
+            if device.type not in ("cpu", "cuda"):
+                raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device to run on; raises ConfigError when a GPU is asked for and torch sees none."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {self.device!r} asked for, but torch sees no GPU (is this a CPU-only torch build?)"
+            )
+        return device
 
     @property
     def torch_dtype(self) -> torch.dtype:

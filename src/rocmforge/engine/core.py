@@ -15,8 +15,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from rocmforge.engine.block_manager import BlockManager, PrefixCacheStats
-from rocmforge.engine.checks import cdiv
 from rocmforge.engine.config import EngineConfig
+from rocmforge.engine.kv_sizing import num_kv_blocks_for
 from rocmforge.engine.model_runner import ModelRunner
 from rocmforge.engine.outputs import EngineCoreOutput
 from rocmforge.engine.request import LogitsProcessor, Request
@@ -25,7 +25,6 @@ from rocmforge.engine.scheduler_output import RequestUpdate
 from rocmforge.errors import ValidationError
 from rocmforge.layers.sampler import RequestSampler, SampleOutput, sample_batch
 from rocmforge.models.decoder import DecoderModel
-from rocmforge.models.kv_cache import PagedKVCache
 from rocmforge.sampling_params import SamplingParams
 
 
@@ -39,15 +38,6 @@ class EngineStats:
     num_kv_blocks: int = 0
     prefix_cache: PrefixCacheStats = dataclasses.field(default_factory=lambda: PrefixCacheStats(0, 0, 0))
     num_steps: int = 0
-
-
-def num_kv_blocks_for(model: DecoderModel, config: EngineConfig, max_model_len: int) -> int:
-    """Blocks for the cache: the explicit count, else what the memory budget holds, capped by what's useful."""
-    if config.num_kv_blocks is not None:
-        return config.num_kv_blocks
-    per_block = PagedKVCache.bytes_per_block(model.config, config.block_size, model.dtype)
-    useful = config.max_num_seqs * cdiv(max_model_len, config.block_size)
-    return max(1, min(config.kv_cache_memory // per_block, useful))
 
 
 class EngineCore:

@@ -33,7 +33,7 @@ class ModelSource:
     def build_core(self) -> EngineCore:
         config = self.config
         model, tokenizer = load_model_and_tokenizer(
-            self.path, dtype=config.torch_dtype, device=config.device, progress=self.progress
+            self.path, dtype=config.torch_dtype, device=config.torch_device, progress=self.progress
         )
         self._tokenizer = tokenizer
         return EngineCore(model, tokenizer.eog_token_ids, config)

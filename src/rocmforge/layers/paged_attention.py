@@ -170,7 +170,14 @@ def paged_attention(
     window: int | None,
     scale: float,
 ) -> torch.Tensor:
-    """q [num_tokens, num_heads, head_dim] -> [num_tokens, num_heads * v_head_dim], softmax in float32."""
+    """q [num_tokens, num_heads, head_dim] -> [num_tokens, num_heads * v_head_dim], softmax in float32.
+
+    On a GPU this is the Triton kernel (same contract); this module's torch code is the CPU path.
+    """
+    if q.device.type != "cpu":
+        from rocmforge.kernels.triton.paged_attention import paged_attention_triton  # needs triton: GPU only
+
+        return paged_attention_triton(q, key_cache, value_cache, metadata, window, scale)
     num_tokens, num_heads, _ = q.shape
     num_kv_heads, v_dim = value_cache.shape[2], value_cache.shape[3]
     keys = key_cache.view(-1, num_kv_heads, key_cache.shape[3])
