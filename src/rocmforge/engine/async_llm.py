@@ -18,21 +18,19 @@ from pathlib import Path
 from types import TracebackType
 
 from rocmforge.engine.config import EngineConfig
-from rocmforge.engine.core import EngineStats
 from rocmforge.engine.engine_loop import EngineHooks, EngineLoop
+from rocmforge.engine.front_end import FrontEnd
 from rocmforge.engine.lifecycle import EngineState
-from rocmforge.engine.model_source import ModelSource
 from rocmforge.engine.output_processor import RequestState
 from rocmforge.engine.outputs import EngineCoreOutput, RequestOutput
 from rocmforge.engine.request import LogitsProcessor
 from rocmforge.errors import EngineNotRunningError, ValidationError
-from rocmforge.gguf.tokenizer import Tokenizer
 from rocmforge.sampling_params import SamplingParams
 
 _request_counter = itertools.count()
 
 
-class AsyncLLM:
+class AsyncLLM(FrontEnd):
     """Construct (cheap), ``await start()`` (loads, warms up), generate, ``await shutdown()``; or ``async with``."""
 
     def __init__(
@@ -43,9 +41,7 @@ class AsyncLLM:
         hooks: EngineHooks | None = None,
         progress: bool = False,
     ) -> None:
-        self.config = config or EngineConfig()
-        self.source = ModelSource(model, self.config, progress)
-        self.engine = EngineLoop(self.source.build_core, self._on_outputs, hooks)
+        super().__init__(model, config, hooks, progress, self._on_outputs)
         self._streams: dict[str, tuple[RequestState, asyncio.Queue[RequestOutput | BaseException]]] = {}
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._started: asyncio.Event | None = None
@@ -55,26 +51,6 @@ class AsyncLLM:
         atexit.register(self._atexit)
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def state(self) -> EngineState:
-        return self.engine.state
-
-    @property
-    def stats(self) -> EngineStats:
-        return self.engine.stats
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self.source.tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        """The most prompt plus output tokens one request may have (known once started)."""
-        core = self.engine.core
-        if core is None:
-            raise EngineNotRunningError("engine is not running")
-        return core.max_model_len
 
     async def start(self) -> None:
         """Return once the engine loop runs and a warm-up step has completed; raise if it failed to start."""

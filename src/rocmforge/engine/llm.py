@@ -16,19 +16,17 @@ from types import TracebackType
 from tqdm import tqdm
 
 from rocmforge.engine.config import EngineConfig
-from rocmforge.engine.core import EngineStats
-from rocmforge.engine.engine_loop import EngineHooks, EngineLoop
-from rocmforge.engine.model_source import ModelSource
+from rocmforge.engine.engine_loop import EngineHooks
+from rocmforge.engine.front_end import FrontEnd
 from rocmforge.engine.output_processor import RequestState
 from rocmforge.engine.outputs import EngineCoreOutput, RequestOutput
 from rocmforge.errors import ValidationError
-from rocmforge.gguf.tokenizer import Tokenizer
 from rocmforge.sampling_params import SamplingParams
 
 Prompt = str | list[int]
 
 
-class LLM:
+class LLM(FrontEnd):
     """Loads the model and starts the engine on construction; ``shutdown()`` (or ``with``) frees it all."""
 
     def __init__(
@@ -39,21 +37,11 @@ class LLM:
         hooks: EngineHooks | None = None,
         progress: bool = False,
     ) -> None:
-        self.config = config or EngineConfig()
-        self.source = ModelSource(model, self.config, progress)
         self._outputs: queue.SimpleQueue[list[EngineCoreOutput]] = queue.SimpleQueue()
-        self.engine = EngineLoop(self.source.build_core, self._outputs.put, hooks)
+        super().__init__(model, config, hooks, progress, self._outputs.put)
         self._ids = itertools.count()
         self.engine.start()
         atexit.register(self.shutdown)
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self.source.tokenizer
-
-    @property
-    def stats(self) -> EngineStats:
-        return self.engine.stats
 
     def generate(
         self,
