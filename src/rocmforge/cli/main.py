@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rocmforge import __version__
-from rocmforge.cli import bench, generate, inspect, models
+from rocmforge.cli import bench, generate, inspect, models, synth
 from rocmforge.errors import RocmForgeError
 
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.register(commands)
     models.register(commands)
     bench.register(commands)
+    synth.register(commands)
     return parser
 
 
