@@ -13,9 +13,10 @@ import torch
 
 from rocmforge.config import ModelConfig
 from rocmforge.layers.activation import gated_activation
-from rocmforge.layers.linear import Linear
+from rocmforge.layers.linear import ConcatLinear, Linear, LinearLayer
 from rocmforge.layers.norm import rms_norm
 from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention, store_kv
+from rocmforge.layers.quant_linear import QuantLinear
 from rocmforge.layers.rotary import RotaryEmbedding
 from rocmforge.models.kv_cache import PagedKVCache
 
@@ -50,12 +51,12 @@ class ModelWeights:
 class _FusedLayer:
     """Per-layer tensors derived once at construction so that each step launches fewer, larger ops."""
 
-    qkv_proj: Linear  # q, k and v projections stacked on out_features: one matmul (and one cast) for three
-    gate_up_proj: Linear  # likewise gate and up
+    qkv_proj: LinearLayer  # q, k and v projections stacked on out_features: one matmul (and one cast) for three
+    gate_up_proj: LinearLayer  # likewise gate and up
     qk_norm: torch.Tensor | None  # [num_heads + num_kv_heads, head_dim]: q_norm rows, then k_norm rows
 
 
-def _fuse_linears(linears: list[Linear]) -> Linear:
+def _fuse_dense(linears: list[Linear]) -> Linear:
     """One Linear whose output is the given ones' outputs concatenated; they become views of its storage.
 
     Re-pointing the originals at slices keeps a single copy of every matrix in memory while
@@ -82,6 +83,37 @@ def _fuse_linears(linears: list[Linear]) -> Linear:
             linear.bias = bias[rows]
         offset += linear.out_features
     return Linear(weight, bias)
+
+
+def _shares_matrix(a: LinearLayer, b: LinearLayer) -> bool:
+    """Whether two projections can be stacked into one matrix: both dense, or both quantized alike."""
+    if isinstance(a, Linear) and isinstance(b, Linear):
+        return True
+    return isinstance(a, QuantLinear) and isinstance(b, QuantLinear) and a.can_fuse(b)
+
+
+def _fuse_linears(linears: list[LinearLayer]) -> LinearLayer:
+    """One layer whose output is the given ones' outputs concatenated, in order.
+
+    Runs of neighbours that can share a matrix are stacked into one (dense weights, or GGUF rows of one type);
+    when types differ (Q4_K_M keeps attn_v and some ffn tensors in Q6_K) the runs stay separate and a
+    ConcatLinear runs them one after another. The dense-only case (the CPU path) is a single stacked Linear.
+    """
+    runs: list[list[LinearLayer]] = [[linears[0]]]
+    for linear in linears[1:]:
+        if _shares_matrix(runs[-1][-1], linear):
+            runs[-1].append(linear)
+        else:
+            runs.append([linear])
+    fused: list[LinearLayer] = []
+    for run in runs:
+        if len(run) == 1:
+            fused.append(run[0])
+        elif isinstance(run[0], Linear):
+            fused.append(_fuse_dense([linear for linear in run if isinstance(linear, Linear)]))
+        else:
+            fused.append(QuantLinear.fuse([linear for linear in run if isinstance(linear, QuantLinear)]))
+    return fused[0] if len(fused) == 1 else ConcatLinear(fused)
 
 
 class DecoderModel:
