@@ -10,7 +10,9 @@ The mixes `q4_k_m` and `q5_k_m` follow `llama_tensor_get_type` in llama.cpp's `s
   multiple of 256). An untied `token_embd.weight` keeps the base type (Q4_K / Q5_K), as in llama.cpp (so a
   Llama-2-7B Q4_K_M has a Q4_K embedding and a Q6_K output).
 - `attn_v.weight` and `ffn_down.weight`: Q6_K in the layers where llama.cpp's `use_more_bits(i, n)` holds (the first
-  and last eighth of the layers and every third layer between: half of them), the base type elsewhere.
+  and last eighth of the layers and every third layer between: half of them), the base type elsewhere. `i` is the
+  layer number, as llama.cpp counts now (it sorts tensors by layer); files quantized before that counted layers in
+  name order (blk.0, blk.1, blk.10, ...), so they pick another half of the layers, of the same total size.
 - every other matrix: the base type.
 
 Row lengths that are not a multiple of a type's block size fall back as in llama.cpp: Q4_K -> Q5_0, Q5_K -> Q5_1,
