@@ -334,10 +334,13 @@ def test_triton_quant_linear(qtype: GGMLQuantizationType, m: int) -> None:
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
     device = triton_device()
     bias = torch.randn(n)
-    out = QuantLinear(raw.to(device), qtype, (n, k), bias.to(device))(x.to(device))
+    layer = QuantLinear(raw.to(device), qtype, (n, k), bias.to(device))
+    out = layer(x.to(device))
     assert out.shape == (m, n) and out.dtype == torch.float32 and out.device.type == device.type
-    # M <= 16: the fused kernel accumulates in float32; above: bf16 weight and activations, float32 accumulation.
-    assert_within(out.cpu() - bias, x, raw, qtype, rtol=1e-4 if m <= 16 else 1.6e-2)
+    # The fused kernel accumulates in float32; the other path multiplies bf16 weights and activations.
+    assert_within(out.cpu() - bias, x, raw, qtype, rtol=1e-4 if m <= ql.fused_max_m(qtype) else 1.6e-2)
+    if m <= 16:  # the fused kernel's range, whatever the dispatch picks
+        assert_within(layer.fused_matmul(x.to(device)), x, raw, qtype, rtol=1e-4)
     exact = QuantLinear(raw.to(device), qtype, (n, k), dtype=torch.float32).dequant_matmul(x.to(device))
     assert_within(exact, x, raw, qtype, rtol=1e-4)
 
@@ -353,11 +356,12 @@ def test_triton_dispatch_by_m(monkeypatch: pytest.MonkeyPatch) -> None:
     for m in (1, 4, 5, 16, 17):
         layer(torch.zeros(m, 64, device=device))
     assert calls == ["fused", "fused", "dequant", "dequant", "dequant"]
+    # A type without a whole-block decode kernel never takes the fused path.
     monkeypatch.delitem(ql.FUSED_MAX_M, Q.Q8_0)
     calls.clear()
-    layer(torch.zeros(16, 64, device=device))
-    layer(torch.zeros(17, 64, device=device))
-    assert calls == ["fused", "dequant"]
+    layer(torch.zeros(1, 64, device=device))
+    assert calls == ["dequant"]
+    assert ql.fused_max_m(Q.Q5_K) == 0 and 1 <= ql.fused_max_m(Q.Q4_K) <= 16
 
 
 @needs_triton

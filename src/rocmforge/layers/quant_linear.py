@@ -3,8 +3,8 @@
 A Q4_K_M model then takes about its file size in GPU memory instead of its bf16 size. ``QuantLinear(x)``
 picks one of two paths by the number of rows M of x:
 
-* M <= :data:`FUSED_MAX_M` of the type: ``quant_matmul``, the Triton kernel that dequantizes inside the matmul
-  (decode: bound by reading the weight once);
+* M <= :data:`FUSED_MAX_M` of the type (2-3 for the K-quants and Q8_0, measured): ``quant_matmul``, the Triton
+  kernel that dequantizes inside the matmul (decode: it reads the quantized weight once);
 * larger M: the weight is dequantized to the matmul dtype (bf16 by default) by the Triton row kernel in chunks
   of at most :data:`DEQUANT_CHUNK_BYTES`, and each chunk goes to ``torch.matmul`` (cuBLAS / hipBLAS). The
   dequantization is paid once per call and amortized over M rows (prefill).
@@ -31,11 +31,25 @@ __all__ = ["DEQUANT_CHUNK_BYTES", "FUSED_MAX_M", "QuantEmbedding", "QuantLinear"
 
 _Q = GGMLQuantizationType
 
-# Largest M that goes through the fused decode kernel, per type (the kernel takes M <= 16). Measured on an H100
-# (benchmarks/gpu_linear.py --crossover, BENCHMARKS.md "GPU quantized linear"): above it, dequantizing the
-# whole weight to bf16 and calling cuBLAS is faster, because the decode kernels multiply on CUDA cores in fp32.
-FUSED_MAX_M: dict[GGMLQuantizationType, int] = {}
-_DEFAULT_FUSED_MAX_M = 16
+# Largest M that goes through the fused decode kernel, per type (the kernel takes M <= 16). Above it, dequantizing
+# the whole weight to bf16 and calling cuBLAS is faster: the decode kernels multiply on CUDA cores in fp32, so their
+# time grows with M while the dequantize + cuBLAS time hardly does. Measured on an H200 (benchmarks/gpu_linear.py,
+# BENCHMARKS.md "GPU quantized linear": the two times cross at M = 2.4 for Q4_K, 3.5 Q6_K, 2.0 Q8_0, 14.0 F16,
+# summed over four 7B shapes). Q4_0 has a whole-block decode kernel like Q8_0 and takes its value (not measured).
+# The other block types only have the per-element kernel, 10-80x slower at M = 1 than the whole-block ones
+# (BENCHMARKS.md, "before" column), far above a dequantize + cuBLAS call, so they never use it (inferred from
+# those numbers, not measured for them).
+FUSED_MAX_M: dict[GGMLQuantizationType, int] = {
+    _Q.Q4_K: 2,
+    _Q.Q6_K: 3,
+    _Q.Q8_0: 2,
+    _Q.Q4_0: 2,
+    _Q.F16: 14,
+    _Q.BF16: 14,
+    _Q.F32: 14,
+}
+# Types not in the table: the per-element kernel (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K).
+_DEFAULT_FUSED_MAX_M = 0
 
 # Bound on the dequantized temporary of the large-M path: a 32000 x 4096 vocabulary projection would be 250 MiB
 # of bf16 in one piece.
