@@ -20,7 +20,11 @@ class ConfigError(RocmForgeError):
 
 
 class ValidationError(RocmForgeError, ValueError):
-    """A request parameter is invalid; the message names the parameter."""
+    """A request parameter is invalid; the message names the parameter, and ``param`` holds its name when known."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelNotFoundError(RocmForgeError):

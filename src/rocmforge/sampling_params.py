@@ -108,9 +108,13 @@ class SamplingParams:
     def check_token_ids(self, vocab_size: int) -> None:
         """Reject token ids the model does not have; the engine calls this at submission, once it knows the model."""
         if any(t >= vocab_size for t in self.stop_token_ids):
-            raise ValidationError(f"invalid sampling parameter stop_token_ids: token ids must be < {vocab_size}")
+            raise ValidationError(
+                f"invalid sampling parameter stop_token_ids: token ids must be < {vocab_size}", "stop_token_ids"
+            )
         if any(t >= vocab_size for t in self.logit_bias):
-            raise ValidationError(f"invalid sampling parameter logit_bias: token ids must be < {vocab_size}")
+            raise ValidationError(
+                f"invalid sampling parameter logit_bias: token ids must be < {vocab_size}", "logit_bias"
+            )
 
     def for_sample(self, index: int) -> SamplingParams:
         """The parameters of sample ``index`` (0 <= index < n) of this request, each drawn as its own request.
@@ -174,4 +178,4 @@ def _check(ok: bool, name: str, requirement: str) -> None:
 
 
 def _fail(name: str, requirement: str) -> NoReturn:
-    raise ValidationError(f"invalid sampling parameter {name}: must be {requirement}")
+    raise ValidationError(f"invalid sampling parameter {name}: must be {requirement}", name)

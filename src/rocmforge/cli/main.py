@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rocmforge import __version__
-from rocmforge.cli import bench, generate, inspect, models, synth
+from rocmforge.cli import bench, generate, inspect, models, serve, synth
 from rocmforge.errors import RocmForgeError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.register(commands)
     bench.register(commands)
     synth.register(commands)
+    serve.register(commands)
     return parser
 
 
