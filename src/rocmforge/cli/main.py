@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rocmforge import __version__
-from rocmforge.cli import bench, generate, inspect, models, serve, synth
+from rocmforge.cli import bench, chat, generate, inspect, models, serve, synth
 from rocmforge.errors import RocmForgeError
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(commands)
     synth.register(commands)
     serve.register(commands)
+    chat.register(commands)
     return parser
 
 
