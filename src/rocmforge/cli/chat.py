@@ -79,6 +79,8 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the model loads, so the mistake costs no time.
+    if sys.stdin is None:
+        raise ValidationError("rocmforge chat reads messages from standard input, and there is none")
     params = SamplingParams(
         max_tokens=args.max_tokens if args.max_tokens is not None else 1,
         temperature=args.temperature,
@@ -205,7 +207,7 @@ class Reply:
     last: float | None = None
 
     def speed_line(self, max_model_len: int, interrupted: bool) -> str:
-        parts = [f"{self.tokens} tokens"]
+        parts = [f"{self.tokens} token{'' if self.tokens == 1 else 's'}"]
         if self.first is not None and self.last is not None:
             # Decode speed: the first token's time is the prompt's, so it is counted apart.
             decode = (self.tokens - 1) / (self.last - self.first) if self.tokens > 1 and self.last > self.first else 0
@@ -244,7 +246,7 @@ class ChatSession:
         if self.interactive:
             _notice("type a message, or /help")
         while True:
-            line = self.read_message()
+            line = read_message(self.stdin, self.interactive)
             if line is None:
                 if self.interactive:
                     print()  # Ctrl-D leaves the cursor after the prompt
@@ -254,36 +256,17 @@ class ChatSession:
             if line.startswith("//"):
                 self.reply(line[1:])
             elif line.startswith("/"):
-                if self.command(line) == "exit":
+                if self.command(line):
                     return 0
             else:
                 self.reply(line)
 
-    def read_message(self) -> str | None:
-        """The next message: one line, or several joined where a line ends with a backslash. None at EOF."""
-        lines: list[str] = []
-        while True:
-            if self.interactive:
-                try:
-                    line = input("> " if not lines else ". ")
-                except EOFError:
-                    return "\n".join(lines) if lines else None
-            else:
-                raw = self.stdin.readline()
-                if not raw:
-                    return "\n".join(lines) if lines else None
-                line = raw.rstrip("\r\n")
-            if line.endswith("\\"):
-                lines.append(line[:-1])
-                continue
-            lines.append(line)
-            return "\n".join(lines)
-
-    def command(self, line: str) -> str | None:
+    def command(self, line: str) -> bool:
+        """Run a /command; True when it is time to leave."""
         name, _, rest = line.partition(" ")
         name = name.strip()
         if name in ("/exit", "/quit"):
-            return "exit"
+            return True
         if name == "/reset":
             self.conversation.turns.clear()
             _notice("[new conversation]")
@@ -295,7 +278,7 @@ class ChatSession:
             _notice(HELP)
         else:
             _notice(f"unknown command {name}: try /help (/reset, /system TEXT, /exit)")
-        return None
+        return False
 
     def reply(self, text: str) -> None:
         conversation = self.conversation
@@ -311,7 +294,11 @@ class ChatSession:
             print(f"rocmforge: error: {exc}", file=sys.stderr)
             return
         if dropped:
-            _notice(f"[context full: dropped the oldest {dropped} turn{'s' if dropped > 1 else ''}]")
+            _notice(
+                f"[context full: dropped the {dropped} oldest turns]"
+                if dropped > 1
+                else "[context full: dropped the oldest turn]"
+            )
         room = max_len - len(prompt_ids)
         max_tokens = min(self.max_tokens, room) if self.max_tokens is not None else room
         params = dataclasses.replace(self.params, max_tokens=max_tokens)
@@ -352,6 +339,28 @@ class ChatSession:
             reply.finish_reason = sample.finish_reason
             sys.stdout.write(sample.text)
             sys.stdout.flush()
+
+
+def read_message(stdin: TextIO, interactive: bool) -> str | None:
+    """The next message: one line, or several joined where a line ends with a backslash (as llama-cli's
+    multi-line input). None at the end of input. Interactive input goes through input() for readline editing."""
+    lines: list[str] = []
+    while True:
+        if interactive:
+            try:
+                line = input("> " if not lines else ". ")
+            except EOFError:
+                return "\n".join(lines) if lines else None
+        else:
+            raw = stdin.readline()
+            if not raw:
+                return "\n".join(lines) if lines else None
+            line = raw.rstrip("\r\n")
+        if line.endswith("\\"):
+            lines.append(line[:-1])
+            continue
+        lines.append(line)
+        return "\n".join(lines)
 
 
 def _notice(text: str) -> None:
