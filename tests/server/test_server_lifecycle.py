@@ -42,11 +42,13 @@ async def _streams(url: str, count: int, max_tokens: int) -> list[tuple[str | No
 
 
 async def _wait_running(http: httpx.AsyncClient, url: str, count: int) -> None:
-    """Wait (bounded) until the engine runs ``count`` requests, as a monitoring client would see it."""
+    """Wait (bounded) until the engine runs ``count`` requests (at least; exactly for 0), as a monitoring
+    client would see it."""
     for _ in range(1200):
         metrics = (await http.get(f"{url}/metrics")).text
         running = [line for line in metrics.splitlines() if line.startswith("rocmforge_num_requests_running{")]
-        if running and float(running[0].rsplit(" ", 1)[1]) >= count:
+        value = float(running[0].rsplit(" ", 1)[1]) if running else -1
+        if (count == 0 and value == 0) or (count > 0 and value >= count):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"never saw {count} running requests")
@@ -192,5 +194,40 @@ def test_hostile_chat_templates(model_paths: dict[str, Path], tmp_path: Path) ->
             assert response.json()["error"]["type"] == "invalid_request_error"
         assert "no user messages here" in response.json()["error"]["message"]
         assert httpx.get(f"{server.url}/health").status_code == 200  # the server is unharmed
+    finally:
+        server.stop()
+
+
+def test_queue_limit_answers_429_and_a_non_streamed_disconnect_aborts(model_paths: dict[str, Path]) -> None:
+    server = ServerProcess(MODEL_NAME, "--max-num-seqs", "1", "--max-queued-requests", "0")
+    try:
+        server.wait_ready()
+        long_body = {"model": MODEL_NAME, "prompt": "Count:", "max_tokens": 4000, "ignore_eos": True}
+
+        async def main() -> None:
+            # A non-streamed request whose client gives up and goes away: the server must abort it.
+            async with httpx.AsyncClient(timeout=httpx.Timeout(120, read=2)) as impatient:
+                with pytest.raises(httpx.ReadTimeout):
+                    await impatient.post(f"{server.url}/v1/completions", json=long_body)
+            async with httpx.AsyncClient(timeout=120) as http:
+                await _wait_running(http, server.url, 0)
+                # One long stream fills the only slot; the next request is refused with 429 and Retry-After.
+                async with http.stream(
+                    "POST", f"{server.url}/v1/completions", json=long_body | {"stream": True}
+                ) as first:
+                    lines = first.aiter_lines()  # kept referenced: a collected line iterator closes the response
+                    await anext(lines)
+                    refused = await http.post(f"{server.url}/v1/completions", json={"model": MODEL_NAME, "prompt": "x"})
+                    assert refused.status_code == 429, refused.text
+                    assert refused.headers.get("retry-after")
+                    assert refused.json()["error"]["type"] == "rate_limit_exceeded"
+                    await lines.aclose()
+                await _wait_running(http, server.url, 0)  # leaving the stream aborted it
+                ok = await http.post(
+                    f"{server.url}/v1/completions", json={"model": MODEL_NAME, "prompt": "x", "max_tokens": 2}
+                )
+                assert ok.status_code == 200
+
+        asyncio.run(main())
     finally:
         server.stop()

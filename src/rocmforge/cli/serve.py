@@ -20,7 +20,6 @@ from rocmforge.hub import DEFAULT_MODEL, resolve_model
 if TYPE_CHECKING:
     from rocmforge.server.state import ServerConfig
 
-logger = logging.getLogger("rocmforge.serve")
 
 
 def register(commands: Any) -> None:

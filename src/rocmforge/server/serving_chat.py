@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 
 from rocmforge.server.choices import Choices, chat_logprobs
@@ -40,7 +41,7 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     logprobs = body.requested_logprobs()
     params = body.sampling_params(max_tokens, logprobs)
     llm.validate(prompt, params)
-    state.admit(1)
+    admission = state.admit(1)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     head = {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": state.model_name}
     choices = Choices(1, body.n, [len(prompt)], state.metrics)
@@ -70,9 +71,12 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
             except Exception as exc:  # the stream has started: the error goes in-band, then [DONE]
                 error = to_api_error(exc)
                 yield sse({"error": {"message": error.message, "type": error.error_type, "code": error.code}})
+            finally:
+                admission.release()
             yield SSE_DONE
 
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        # The background task releases the admission too, should the body never be iterated (client gone).
+        return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(admission.release))
 
     async def collect() -> dict[str, Any]:
         async for _, output in outputs:
@@ -90,7 +94,10 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
             "usage": usage(choices.prompt_tokens, choices.completion_tokens),
         }
 
-    result = await unless_disconnected(request, collect())
+    try:
+        result = await unless_disconnected(request, collect())
+    finally:
+        admission.release()
     if result is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     return JSONResponse(result)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 
 from rocmforge.server.choices import Choices, completion_logprobs
@@ -30,7 +31,7 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
     params = body.sampling_params(max_tokens, body.logprobs)
     for prompt in prompts:
         llm.validate(prompt, params)  # 400 now, before a stream starts
-    state.admit(len(prompts))
+    admission = state.admit(len(prompts))
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     choices = Choices(len(prompts), body.n, [len(p) for p in prompts], state.metrics)
@@ -66,9 +67,12 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
             except Exception as exc:  # the stream has started: the error goes in-band, then [DONE]
                 error = to_api_error(exc)
                 yield sse({"error": {"message": error.message, "type": error.error_type, "code": error.code}})
+            finally:
+                admission.release()
             yield SSE_DONE
 
-        return StreamingResponse(stream(), media_type="text/event-stream")
+        # The background task releases the admission too, should the body never be iterated (client gone).
+        return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(admission.release))
 
     async def collect() -> dict[str, Any]:
         async for prompt_index, output in outputs:
@@ -78,7 +82,10 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
             "usage": usage(choices.prompt_tokens, choices.completion_tokens),
         }
 
-    result = await unless_disconnected(request, collect())
+    try:
+        result = await unless_disconnected(request, collect())
+    finally:
+        admission.release()
     if result is None:
         return Response(status_code=499)  # the client is gone; nobody reads this
     return JSONResponse(result)

@@ -48,6 +48,7 @@ class ServerState:
         self.llm = llm
         self.metrics = ServerMetrics(config.model_name)
         self.chat_template: object | None = None  # a ChatTemplate, loaded once the tokenizer is
+        self.num_admitted = 0  # requests between admission and the end of their response
 
     @property
     def model_name(self) -> str:
@@ -73,8 +74,25 @@ class ServerState:
                 "model_not_found",
             )
 
-    def admit(self, num_requests: int) -> None:
-        """Refuse with 429 when the requests in flight would exceed the running batch plus the queue."""
+    def admit(self, num_requests: int) -> Admission:
+        """Count the requests in, or refuse with 429 when they would exceed the running batch plus the queue.
+
+        Counted here, at admission, rather than from the engine's registered streams: a stream registers only
+        once its response starts, and two requests admitted in that window would both get in.
+        """
         capacity = self.config.engine.max_num_seqs + self.config.max_queued_requests
-        if self.llm.num_active_requests + num_requests > capacity:
+        if self.num_admitted + num_requests > capacity:
             raise QueueFullError(f"the server is at capacity ({capacity} requests in flight or queued); retry later")
+        self.num_admitted += num_requests
+        return Admission(self, num_requests)
+
+
+class Admission:
+    """Requests counted in by ``ServerState.admit``; ``release()`` (idempotent) counts them out."""
+
+    def __init__(self, state: ServerState, num_requests: int) -> None:
+        self._state, self._num_requests = state, num_requests
+
+    def release(self) -> None:
+        self._state.num_admitted -= self._num_requests
+        self._num_requests = 0
