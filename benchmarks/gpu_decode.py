@@ -15,7 +15,7 @@ For each weight scheme (Q4_K_M, Q8_0, F16 by default) the script writes a synthe
 * ``roofline``: bytes per decoded token = the bytes of every weight matrix a step reads (all layers' projections plus
   the output matrix, counted from the loaded model's tensors; the embedding row and norms are negligible and left
   out); roofline tok/s = the device-to-device copy bandwidth measured in the same run (1 GiB, (read + written) /
-  time, ``benchmarks/gpu_quant_matmul.py``'s helper) / those bytes. Decode tok/s is printed as a fraction of it.
+  time, ``benchmarks/gpu_common.py``'s helper) / those bytes. Decode tok/s is printed as a fraction of it.
   The KV cache a step also reads (float32, at the mean decode position) is printed beside it, not counted in.
 
 One profiling pass (``--profile-quant``, Q4_K_M by default) records ``--profile-steps`` decode steps with
@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for gpu_quant_matmul's bandwidth helper
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.gpu_common
 
 from rocmforge.bench.workload import random_prompts, sampleable_token_ids
 from rocmforge.engine.config import EngineConfig
@@ -162,7 +162,7 @@ def kv_bytes_per_token(model: DecoderModel, position: int) -> int:
 def copy_bandwidth(device: torch.device) -> float:
     """Device-to-device copy bandwidth in GB/s, (read + written bytes) / time."""
     if device.type == "cuda":
-        from gpu_quant_matmul import copy_bandwidth_gbs
+        from benchmarks.gpu_common import copy_bandwidth_gbs
 
         return copy_bandwidth_gbs()
     src = torch.empty(2**28, dtype=torch.uint8)

@@ -27,19 +27,17 @@ import argparse
 import dataclasses
 import itertools
 import json
-import statistics
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import GGMLQuantizationType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.quant_blocks
 
-from tests.quant_blocks import F16_SCALE_OFFSETS
+from benchmarks.gpu_common import random_raw, time_us
 
 from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES
 from rocmforge.layers.quant_linear import QuantLinear, fused_max_m
@@ -51,41 +49,6 @@ TABLE_MS = (1, 16, 64, 512)
 CROSSOVER_MS = (1, 4, 8, 16)
 KERNEL_MAX_M = 16
 L2_FLUSH_BYTES = 3 * 50 * 2**20
-
-
-def random_raw(qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Random GGUF bytes (n, row_bytes) on the GPU: random quant bytes, f16 scales uniform in +-0.05."""
-    if qtype == Q.F16:
-        return (torch.randn(n, k, device="cuda", generator=gen) * 0.05).to(torch.float16).view(torch.uint8)
-    block, type_size = GGML_QUANT_SIZES[qtype]
-    blocks = torch.randint(0, 256, (n * k // block, type_size), device="cuda", dtype=torch.uint8, generator=gen)
-    for offset in F16_SCALE_OFFSETS.get(qtype, ()):
-        scales = (torch.rand(blocks.shape[0], device="cuda", generator=gen) * 0.1 - 0.05).to(torch.float16)
-        blocks[:, offset : offset + 2] = scales.view(torch.uint8).view(-1, 2)
-    return blocks.view(n, -1)
-
-
-def time_us(fn: Callable[[int], object], inner: int, reps: int) -> float:
-    """Median per-call GPU microseconds of ``fn(i)`` over ``reps`` replays of a CUDA graph of ``inner`` calls."""
-    for i in range(inner):  # warm-up: compiles, picks cuBLAS kernels, allocates outside the capture
-        fn(i)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(inner):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    samples: list[float] = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0 / inner)
-    del graph
-    return statistics.median(samples)
 
 
 @dataclass

@@ -30,13 +30,17 @@ import itertools
 import json
 import math
 import random
-import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.gpu_common
+
+from benchmarks.gpu_common import copy_bandwidth_gbs, time_us
 
 from rocmforge.kernels.triton import paged_attention as kernels
 from rocmforge.kernels.triton.paged_attention import paged_attention_triton
@@ -68,50 +72,6 @@ DECODE_CASES: list[tuple[Shape, int, int]] = [
     (LLAMA_8B, 8, 4096),
     (GEMMA3_270M, 64, 4096),
 ]
-
-
-def time_us(fn: Callable[[int], object], inner: int, reps: int) -> float:
-    """Median per-call GPU microseconds of ``fn(i)`` over ``reps`` replays of a CUDA graph of ``inner`` calls.
-
-    A graph, because a launch from Python (argument checks, Triton's launcher) takes longer than a small
-    decode batch runs: eager timing would measure the CPU.
-    """
-    for i in range(inner):  # warm-up: compile, allocate outside the capture
-        fn(i)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(inner):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    samples: list[float] = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0 / inner)
-    return statistics.median(samples)
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy of 1 GiB (eager: a graph memcpy node measures slower), (read + written) / time."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    samples: list[float] = []
-    for _ in range(10):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) * 1000.0)
-    return 2 * 2**30 / statistics.median(samples) / 1e3
 
 
 @dataclass

@@ -8,7 +8,7 @@ satisfy :class:`LinearLayer`, and :class:`ConcatLinear` runs several of them as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,45 @@ class Linear:
         return int(self.weight.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x in any float dtype -> x's dtype; the product runs in the weight's dtype (bf16 matmuls on CPU)."""
-        y = F.linear(x.to(self.weight.dtype), self.weight)
-        y = y.to(x.dtype)
+        """x in any float dtype -> x's dtype; the product runs in the weight's dtype (bf16 matmuls on CPU).
+
+        A single row goes through the matmul as two: on the CPU, one row takes a GEMV path that sums in
+        another order than the GEMM every larger batch takes, so a token's output (and after bf16 rounding,
+        its logits) would depend on whether it had batch mates. Two rows cost about the same as one.
+        """
+        lone_row = x.device.type == "cpu" and x.dim() == 2 and x.shape[0] == 1
+        inputs = x.expand(2, -1) if lone_row else x
+        y = F.linear(inputs.to(self.weight.dtype), self.weight)
+        y = (y[:1] if lone_row else y).to(x.dtype)
         return y + self.bias if self.bias is not None else y
+
+
+def stack_rows(layers: Sequence[Any], field: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the layers' row-major ``field`` tensors (and biases) and re-point each layer at its slice.
+
+    The re-pointing keeps one copy of every matrix in memory while the parts stay usable on their own. Where
+    some layers have a bias and others not, the missing ones become exact zeros: outputs stay bit-identical.
+    """
+    stacked = torch.cat([getattr(layer, field) for layer in layers])
+    bias = None
+    biases = [layer.bias for layer in layers if layer.bias is not None]
+    if biases:
+        bias = torch.cat(
+            [
+                layer.bias
+                if layer.bias is not None
+                else torch.zeros(layer.out_features, dtype=biases[0].dtype, device=biases[0].device)
+                for layer in layers
+            ]
+        )
+    offset = 0
+    for layer in layers:
+        rows = slice(offset, offset + layer.out_features)
+        setattr(layer, field, stacked[rows])
+        if layer.bias is not None and bias is not None:
+            layer.bias = bias[rows]
+        offset += layer.out_features
+    return stacked, bias
 
 
 class ConcatLinear:

@@ -9,8 +9,8 @@ sequence 1's, ... (``query_start_loc`` marks the boundaries). Sequence b's KV le
 positions 0..itself (within the layer's sliding window, if any). One rule covers prefill chunks, prefix-cache
 hits and decodes; the Triton kernel implements the same contract on the GPU.
 
-This module is the CPU path: decodes (one query token) are batched into one SDPA call per layer over keys
-gathered into a padded [batch, max_seq_len] layout; each prefill chunk runs on its own with a causal mask.
+This module is the CPU path: each sequence's attention runs on its own (a decode as one SDPA call over exactly
+its keys, a prefill chunk with a causal mask), so no sequence's result depends on what else is in the batch.
 """
 
 from __future__ import annotations
@@ -43,11 +43,9 @@ class _PrefillPlan:
 
 @dataclass
 class _DecodePlan:
-    query_rows: torch.Tensor  # [batch] row of each decode token in the packed batch
-    # [batch, max_seq_len] padded with slot 0, or a slice for a lone sequence in adjacent blocks (no copy)
-    key_slots: torch.Tensor | slice
-    # per sliding window: [batch, 1, 1, max_seq_len], or None when every key is visible (SDPA's fused path)
-    masks: dict[int | None, torch.Tensor | None]
+    query_row: int  # the decode token's row in the packed batch
+    key_slots: torch.Tensor | slice  # flat cache slots of keys 0..seq_len-1 (a slice when the blocks are adjacent)
+    seq_len: int
 
 
 @dataclass
@@ -65,7 +63,7 @@ class PagedAttentionMetadata:
     seq_lens: torch.Tensor  # [batch] int32
     block_tables: torch.Tensor  # [batch, max_blocks] int32, padded with 0
     _prefills: list[_PrefillPlan] = field(default_factory=list)
-    _decode: _DecodePlan | None = None
+    _decodes: list[_DecodePlan] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -101,46 +99,20 @@ class PagedAttentionMetadata:
         return metadata
 
     def _plan_cpu(self, windows: set[int | None]) -> None:
-        decodes = [seq for seq in self.sequences if seq.query_len == 1]
         for seq in self.sequences:
+            key_slots = _key_slots(seq, self.block_size)
             if seq.query_len == 1:
+                self._decodes.append(_DecodePlan(seq.query_start, key_slots, seq.seq_len))
                 continue
             positions = torch.arange(seq.seq_len - seq.query_len, seq.seq_len)
             key_positions = torch.arange(seq.seq_len)
             self._prefills.append(
                 _PrefillPlan(
                     query_rows=slice(seq.query_start, seq.query_start + seq.query_len),
-                    key_slots=_key_slots(seq, self.block_size),
+                    key_slots=key_slots,
                     masks={window: attention_mask(positions, key_positions, window) for window in windows},
                 )
             )
-        if not decodes:
-            return
-        max_len = max(seq.seq_len for seq in decodes)
-        key_slots: torch.Tensor | slice
-        if len(decodes) == 1 and isinstance(lone := _key_slots(decodes[0], self.block_size), slice):
-            key_slots = lone
-        else:
-            key_slots = torch.zeros(len(decodes), max_len, dtype=torch.long)
-            for row, seq in enumerate(decodes):
-                slots = _key_slots(seq, self.block_size)
-                key_slots[row, : seq.seq_len] = (
-                    torch.arange(slots.start, slots.stop) if isinstance(slots, slice) else slots
-                )
-        seq_lens = torch.tensor([seq.seq_len for seq in decodes])
-        key_positions = torch.arange(max_len)
-        masks: dict[int | None, torch.Tensor | None] = {}
-        for window in windows:
-            # The decode token sits at seq_len - 1; keys past seq_len are padding.
-            mask = key_positions[None, :] < seq_lens[:, None]
-            if window is not None:
-                mask &= key_positions[None, :] > (seq_lens[:, None] - 1 - window)
-            masks[window] = None if bool(mask.all()) else mask[:, None, None, :]
-        self._decode = _DecodePlan(
-            query_rows=torch.tensor([seq.query_start for seq in decodes]),
-            key_slots=key_slots,
-            masks=masks,
-        )
 
 
 def _key_slots(seq: SequenceSlice, block_size: int) -> torch.Tensor | slice:
@@ -187,31 +159,41 @@ def paged_attention(
         out[plan.query_rows] = reference_attention(
             q[plan.query_rows], keys[plan.key_slots], values[plan.key_slots], plan.masks[window], scale
         )
-    decode = metadata._decode
-    if decode is not None:
-        k, v = keys[decode.key_slots], values[decode.key_slots]
-        if isinstance(decode.key_slots, slice):
-            k, v = k.unsqueeze(0), v.unsqueeze(0)
-        out[decode.query_rows] = _batched_decode_attention(q[decode.query_rows], k, v, decode.masks[window], scale)
+    for plan in metadata._decodes:
+        row = slice(plan.query_row, plan.query_row + 1)
+        out[row] = _decode_attention(q[row], keys, values, plan, window, scale)
     return out
 
 
-def _batched_decode_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+def _decode_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    plan: _DecodePlan,
+    window: int | None,
+    scale: float,
 ) -> torch.Tensor:
-    """q [B, H, D], k [B, S, KVH, D], v [B, S, KVH, Dv], mask [B, 1, 1, S] -> [B, H * Dv].
+    """One decode token over exactly the keys it may see: q [1, H, D] -> [1, H * Dv].
 
-    The query heads sharing a KV head become that head's query rows ([B, KVH, group, D]), so grouped-query
-    attention needs no repeat_interleave copy of K/V.
+    One SDPA call per sequence, over its own keys and no padding: a batched call over keys padded to the
+    longest sequence reduces in an order that depends on the padding, so a request's logits (and with them a
+    seeded draw) would change with its batch mates. Per sequence, they cannot. The query heads that share a
+    KV head become that head's query rows, so grouped-query attention needs no copy of K/V, and with no mask
+    SDPA takes its fused CPU kernel.
     """
-    batch, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[2]
-    group = num_heads // num_kv_heads
+    first = 0 if window is None else max(0, plan.seq_len - window)
+    slots = plan.key_slots
+    if isinstance(slots, slice):
+        slots = slice(slots.start + first, slots.stop)
+    elif first:
+        slots = slots[first:]
+    k, v = keys[slots], values[slots]  # [S, KVH, D]
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k.shape[1]
     out = F.scaled_dot_product_attention(
-        q.reshape(batch, num_kv_heads, group, head_dim).float(),
-        k.transpose(1, 2).float(),
-        v.transpose(1, 2).float(),
-        attn_mask=mask,
+        q.reshape(1, num_kv_heads, num_heads // num_kv_heads, head_dim).float(),
+        k.transpose(0, 1).unsqueeze(0).float(),
+        v.transpose(0, 1).unsqueeze(0).float(),
         scale=scale,
     )
-    return out.reshape(batch, num_heads * v.shape[3]).to(q.dtype)
+    return out.reshape(1, num_heads * v.shape[2]).to(q.dtype)

@@ -7,15 +7,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
 from rocmforge.server.choices import Choices, chat_logprobs
-from rocmforge.server.errors import to_api_error
 from rocmforge.server.protocol import ChatCompletionRequest
 from rocmforge.server.state import ServerState
-from rocmforge.server.streams import SSE_DONE, merged_outputs, sse, unless_disconnected, usage
+from rocmforge.server.streams import event_stream, merged_outputs, unless_disconnected, usage
 
 
 def chat_prompt_ids(
@@ -50,33 +48,24 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
     if body.stream:
         chunk_head = head | {"object": "chat.completion.chunk"}
 
-        async def stream() -> AsyncIterator[str]:
-            try:
-                for index in range(body.n):  # OpenAI opens each choice with the role
-                    delta = {"role": "assistant", "content": ""}
-                    yield sse(chunk_head | {"choices": [{"index": index, "delta": delta, "finish_reason": None}]})
-                async for _, output in outputs:
-                    for index, sample in choices.update(0, output):
-                        entry: dict[str, Any] = {
-                            "index": index,
-                            "delta": {"content": sample.text} if sample.text else {},
-                            "finish_reason": sample.finish_reason,
-                        }
-                        if logprobs is not None:
-                            entry["logprobs"] = chat_logprobs(llm.tokenizer, sample.logprobs or [])
-                        yield sse(chunk_head | {"choices": [entry]})
-                if body.include_usage:
-                    totals = usage(choices.prompt_tokens, choices.completion_tokens)
-                    yield sse(chunk_head | {"choices": [], "usage": totals})
-            except Exception as exc:  # the stream has started: the error goes in-band, then [DONE]
-                error = to_api_error(exc)
-                yield sse({"error": {"message": error.message, "type": error.error_type, "code": error.code}})
-            finally:
-                admission.release()
-            yield SSE_DONE
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            for index in range(body.n):  # OpenAI opens each choice with the role
+                delta = {"role": "assistant", "content": ""}
+                yield chunk_head | {"choices": [{"index": index, "delta": delta, "finish_reason": None}]}
+            async for _, output in outputs:
+                for index, sample in choices.update(0, output):
+                    entry: dict[str, Any] = {
+                        "index": index,
+                        "delta": {"content": sample.text} if sample.text else {},
+                        "finish_reason": sample.finish_reason,
+                    }
+                    if logprobs is not None:
+                        entry["logprobs"] = chat_logprobs(llm.tokenizer, sample.logprobs or [])
+                    yield chunk_head | {"choices": [entry]}
+            if body.include_usage:
+                yield chunk_head | {"choices": [], "usage": usage(choices.prompt_tokens, choices.completion_tokens)}
 
-        # The background task releases the admission too, should the body never be iterated (client gone).
-        return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(admission.release))
+        return event_stream(chunks(), admission)
 
     async def collect() -> dict[str, Any]:
         async for _, output in outputs:

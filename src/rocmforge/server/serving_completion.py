@@ -7,15 +7,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 
 from rocmforge.server.choices import Choices, completion_logprobs
-from rocmforge.server.errors import to_api_error
 from rocmforge.server.protocol import CompletionRequest
 from rocmforge.server.state import ServerState
-from rocmforge.server.streams import SSE_DONE, merged_outputs, sse, unless_disconnected, usage
+from rocmforge.server.streams import event_stream, merged_outputs, unless_disconnected, usage
 
 
 async def create_completion(state: ServerState, body: CompletionRequest, request: Request) -> Response:
@@ -41,38 +39,25 @@ async def create_completion(state: ServerState, body: CompletionRequest, request
 
     if body.stream:
 
-        async def stream() -> AsyncIterator[str]:
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
             echoed: set[int] = set()
-            try:
-                async for prompt_index, output in outputs:
-                    for index, delta in choices.update(prompt_index, output):
-                        text = delta.text
-                        if body.echo and index not in echoed:
-                            echoed.add(index)
-                            text = echoes[prompt_index] + text
-                        logprobs = (
-                            completion_logprobs(llm.tokenizer, delta.logprobs or [], 0)
-                            if body.logprobs is not None
-                            else None
-                        )
-                        choice = {
-                            "index": index,
-                            "text": text,
-                            "logprobs": logprobs,
-                            "finish_reason": delta.finish_reason,
-                        }
-                        yield sse(head | {"choices": [choice]})
-                if body.include_usage:
-                    yield sse(head | {"choices": [], "usage": usage(choices.prompt_tokens, choices.completion_tokens)})
-            except Exception as exc:  # the stream has started: the error goes in-band, then [DONE]
-                error = to_api_error(exc)
-                yield sse({"error": {"message": error.message, "type": error.error_type, "code": error.code}})
-            finally:
-                admission.release()
-            yield SSE_DONE
+            async for prompt_index, output in outputs:
+                for index, delta in choices.update(prompt_index, output):
+                    text = delta.text
+                    if body.echo and index not in echoed:
+                        echoed.add(index)
+                        text = echoes[prompt_index] + text
+                    logprobs = (
+                        completion_logprobs(llm.tokenizer, delta.logprobs or [], 0)
+                        if body.logprobs is not None
+                        else None
+                    )
+                    choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason}
+                    yield head | {"choices": [choice]}
+            if body.include_usage:
+                yield head | {"choices": [], "usage": usage(choices.prompt_tokens, choices.completion_tokens)}
 
-        # The background task releases the admission too, should the body never be iterated (client gone).
-        return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(admission.release))
+        return event_stream(chunks(), admission)
 
     async def collect() -> dict[str, Any]:
         async for prompt_index, output in outputs:

@@ -8,11 +8,15 @@ import json
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
 from rocmforge.engine.async_llm import AsyncLLM
 from rocmforge.engine.outputs import RequestOutput
 from rocmforge.sampling_params import SamplingParams
+from rocmforge.server.errors import to_api_error
+from rocmforge.server.state import Admission
 
 T = TypeVar("T")
 _DONE = object()
@@ -84,6 +88,25 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     finally:
         watch.cancel()
         work_task.cancel()
+
+
+def event_stream(chunks: AsyncIterator[dict[str, Any]], admission: Admission) -> StreamingResponse:
+    """An SSE response of ``chunks`` ending in ``data: [DONE]``. The response has started by the time a chunk
+    fails, so an error goes in-band as one ``{"error": ...}`` event. The admission is released when the stream
+    ends, or by a background task should the body never be iterated (the client left first)."""
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield sse(chunk)
+        except Exception as exc:
+            error = to_api_error(exc)
+            yield sse({"error": {"message": error.message, "type": error.error_type, "code": error.code}})
+        finally:
+            admission.release()
+        yield SSE_DONE
+
+    return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(admission.release))
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
