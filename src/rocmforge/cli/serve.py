@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from rocmforge.server.state import ServerConfig
 
 
-
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "serve",

@@ -26,6 +26,7 @@ from gguf.constants import GGMLQuantizationType
 from rocmforge.errors import UnsupportedModelError
 from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES, dequantize, quant_block_info
 from rocmforge.kernels.triton.availability import interpreter_enabled, triton_available
+from rocmforge.layers.linear import stack_rows
 
 __all__ = ["DEQUANT_CHUNK_BYTES", "FUSED_MAX_M", "QuantEmbedding", "QuantLinear", "embedding_rows", "fused_max_m"]
 
@@ -203,26 +204,8 @@ class QuantLinear:
         for linear in linears[1:]:
             if not first.can_fuse(linear):
                 raise ValueError(f"QuantLinear.fuse: {linear!r} does not fit {first!r}")
-        raw = torch.cat([linear.raw for linear in linears])
-        bias = None
-        biases = [linear.bias for linear in linears if linear.bias is not None]
-        if biases:
-            # An exact 0.0 where a projection has no bias leaves its outputs unchanged.
-            bias = torch.cat(
-                [
-                    linear.bias
-                    if linear.bias is not None
-                    else torch.zeros(linear.out_features, dtype=biases[0].dtype, device=biases[0].device)
-                    for linear in linears
-                ]
-            )
-        offset = 0
-        for linear in linears:
-            rows = slice(offset, offset + linear.out_features)
-            linear.raw = raw[rows]
-            if linear.bias is not None and bias is not None:
-                linear.bias = bias[rows]
-            offset += linear.out_features
+        raw, bias = stack_rows(linears, "raw")
+        offset = int(raw.shape[0])
         return cls(raw, first.qtype, (offset, first.in_features), bias, first.dtype)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from rocmforge.config import ModelConfig
 from rocmforge.layers.activation import gated_activation
-from rocmforge.layers.linear import ConcatLinear, Linear, LinearLayer
+from rocmforge.layers.linear import ConcatLinear, Linear, LinearLayer, stack_rows
 from rocmforge.layers.norm import rms_norm
 from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention, store_kv
 from rocmforge.layers.quant_linear import QuantLinear
@@ -62,26 +62,7 @@ def _fuse_dense(linears: list[Linear]) -> Linear:
     Re-pointing the originals at slices keeps a single copy of every matrix in memory while
     ModelWeights still exposes q_proj, k_proj, ... with unchanged values.
     """
-    weight = torch.cat([linear.weight for linear in linears])
-    bias = None
-    biases = [linear.bias for linear in linears if linear.bias is not None]
-    if biases:
-        # Adding an exact 0.0 where a projection has no bias leaves its outputs bit-identical.
-        bias = torch.cat(
-            [
-                linear.bias
-                if linear.bias is not None
-                else torch.zeros(linear.out_features, dtype=biases[0].dtype, device=biases[0].device)
-                for linear in linears
-            ]
-        )
-    offset = 0
-    for linear in linears:
-        rows = slice(offset, offset + linear.out_features)
-        linear.weight = weight[rows]
-        if linear.bias is not None and bias is not None:
-            linear.bias = bias[rows]
-        offset += linear.out_features
+    weight, bias = stack_rows(linears, "weight")
     return Linear(weight, bias)
 
 
