@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from rocmforge.gguf.quants import dequantize
 from rocmforge.kernels.triton import interpreter_enabled, triton_available, triton_device
 from rocmforge.layers import quant_linear as ql
-from rocmforge.layers.linear import ConcatLinear, Linear
+from rocmforge.layers.linear import ConcatLinear, Linear, matmul_rows
 from rocmforge.layers.quant_linear import QuantEmbedding, QuantLinear, embedding_rows
 from rocmforge.models.decoder import _fuse_linears
 from rocmforge.models.loader import load_model
@@ -65,7 +64,7 @@ def reference(
 ) -> torch.Tensor:
     """What Linear computes on the weight dequantized at load into ``dtype``."""
     weight = dequantize(raw.cpu(), qtype, (n, x.shape[-1])).to(dtype)
-    return F.linear(x.cpu().to(dtype), weight).to(x.dtype)
+    return matmul_rows(x.cpu().to(dtype), weight).to(x.dtype)
 
 
 def assert_within(

@@ -33,17 +33,21 @@ class Linear:
         return int(self.weight.shape[0])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x in any float dtype -> x's dtype; the product runs in the weight's dtype (bf16 matmuls on CPU).
-
-        A single row goes through the matmul as two: on the CPU, one row takes a GEMV path that sums in
-        another order than the GEMM every larger batch takes, so a token's output (and after bf16 rounding,
-        its logits) would depend on whether it had batch mates. Two rows cost about the same as one.
-        """
-        lone_row = x.device.type == "cpu" and x.dim() == 2 and x.shape[0] == 1
-        inputs = x.expand(2, -1) if lone_row else x
-        y = F.linear(inputs.to(self.weight.dtype), self.weight)
-        y = (y[:1] if lone_row else y).to(x.dtype)
+        """x in any float dtype -> x's dtype; the product runs in the weight's dtype (bf16 matmuls on CPU)."""
+        y = matmul_rows(x.to(self.weight.dtype), self.weight).to(x.dtype)
         return y + self.bias if self.bias is not None else y
+
+
+def matmul_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` where every row's result is the same whatever the other rows are.
+
+    On the CPU a single row takes a GEMV path that sums in another order than the GEMM every larger batch takes,
+    so a token's output (and after bf16 rounding, its logits) would depend on whether it had batch mates. A lone
+    row therefore goes through the matmul as two, which costs about the same.
+    """
+    if x.device.type == "cpu" and x.dim() == 2 and x.shape[0] == 1:
+        return F.linear(x.expand(2, -1), weight)[:1]
+    return F.linear(x, weight)
 
 
 def stack_rows(layers: Sequence[Any], field: str) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -20,13 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from gguf.constants import GGMLQuantizationType
 
 from rocmforge.errors import UnsupportedModelError
 from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES, dequantize, quant_block_info
 from rocmforge.kernels.triton.availability import interpreter_enabled, triton_available
-from rocmforge.layers.linear import stack_rows
+from rocmforge.layers.linear import matmul_rows, stack_rows
 
 __all__ = ["DEQUANT_CHUNK_BYTES", "FUSED_MAX_M", "QuantEmbedding", "QuantLinear", "embedding_rows", "fused_max_m"]
 
@@ -177,11 +176,11 @@ class QuantLinear:
         rows = max(1, DEQUANT_CHUNK_BYTES // (k * self.dtype.itemsize))
         xw = x.to(self.dtype)
         if rows >= n:
-            return F.linear(xw, self.dequantize_weight()).to(x.dtype)
+            return matmul_rows(xw, self.dequantize_weight()).to(x.dtype)
         out = torch.empty((x.shape[0], n), dtype=self.dtype, device=x.device)
         for start in range(0, n, rows):
             stop = min(n, start + rows)
-            out[:, start:stop] = F.linear(xw, self.dequantize_weight(start, stop))
+            out[:, start:stop] = matmul_rows(xw, self.dequantize_weight(start, stop))
         return out.to(x.dtype)
 
     def can_fuse(self, other: QuantLinear) -> bool:
