@@ -26,6 +26,30 @@ DEFAULT_NUM_PROMPTS = 64
 DEFAULT_INPUT_LEN = 128
 
 
+def _add_workload(parser: argparse.ArgumentParser, output_meaning: str) -> None:
+    """The workload options `throughput` and `serve` share: how many prompts, how long, from where."""
+    parser.add_argument(
+        "--num-prompts",
+        type=int,
+        default=None,
+        help=f"number of requests (default: {DEFAULT_NUM_PROMPTS}, or every prompt of --dataset)",
+    )
+    parser.add_argument(
+        "--input-len",
+        type=int,
+        default=None,
+        help=f"prompt tokens per request (default: {DEFAULT_INPUT_LEN}; with --dataset: cut prompts to this length, "
+        "default as they are)",
+    )
+    parser.add_argument("--output-len", type=int, default=128, help=f"{output_meaning} (default: 128)")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="prompts from FILE: a JSON list of strings if it ends in .json, else one prompt per line",
+    )
+
+
 def register(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "bench",
@@ -44,26 +68,7 @@ def register(commands: Any) -> None:
         "token ids (seeded, no special tokens) or come from --dataset.",
     )
     _add_common(throughput)
-    throughput.add_argument(
-        "--num-prompts",
-        type=int,
-        default=None,
-        help=f"number of requests (default: {DEFAULT_NUM_PROMPTS}, or every prompt of --dataset)",
-    )
-    throughput.add_argument(
-        "--input-len",
-        type=int,
-        default=None,
-        help=f"prompt tokens per request (default: {DEFAULT_INPUT_LEN}; with --dataset: cut prompts to this length, "
-        "default as they are)",
-    )
-    throughput.add_argument("--output-len", type=int, default=128, help="output tokens per request (default: 128)")
-    throughput.add_argument(
-        "--dataset",
-        type=Path,
-        default=None,
-        help="prompts from FILE: a JSON list of strings if it ends in .json, else one prompt per line",
-    )
+    _add_workload(throughput, "output tokens per request")
     throughput.set_defaults(handler=run_throughput)
 
     latency = kinds.add_parser(
@@ -242,26 +247,7 @@ def _register_serve(kinds: Any) -> None:
         default="completions",
         help="/v1/completions or /v1/chat/completions (default: completions)",
     )
-    parser.add_argument(
-        "--num-prompts",
-        type=int,
-        default=None,
-        help=f"number of requests (default: {DEFAULT_NUM_PROMPTS}, or every prompt of --dataset)",
-    )
-    parser.add_argument(
-        "--input-len",
-        type=int,
-        default=None,
-        help=f"prompt tokens per request (default: {DEFAULT_INPUT_LEN}; with --dataset: cut prompts to this length, "
-        "default as they are)",
-    )
-    parser.add_argument("--output-len", type=int, default=128, help="max_tokens per request (default: 128)")
-    parser.add_argument(
-        "--dataset",
-        type=Path,
-        default=None,
-        help="prompts from FILE: a JSON list of strings if it ends in .json, else one prompt per line",
-    )
+    _add_workload(parser, "max_tokens per request")
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
         "--concurrency", type=int, default=None, help="requests in flight at most (default: every request at once)"

@@ -7,13 +7,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.requests import Request
 
 from rocmforge.server.choices import Choices, chat_logprobs
 from rocmforge.server.protocol import ChatCompletionRequest
 from rocmforge.server.state import ServerState
-from rocmforge.server.streams import event_stream, merged_outputs, unless_disconnected, usage
+from rocmforge.server.streams import event_stream, json_unless_disconnected, merged_outputs, usage
 
 
 def chat_prompt_ids(
@@ -83,10 +83,4 @@ async def create_chat_completion(state: ServerState, body: ChatCompletionRequest
             "usage": usage(choices.prompt_tokens, choices.completion_tokens),
         }
 
-    try:
-        result = await unless_disconnected(request, collect())
-    finally:
-        admission.release()
-    if result is None:
-        return Response(status_code=499)  # the client is gone; nobody reads this
-    return JSONResponse(result)
+    return await json_unless_disconnected(request, collect(), admission)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from rocmforge.engine.async_llm import AsyncLLM
 from rocmforge.engine.outputs import RequestOutput
@@ -107,6 +107,16 @@ def event_stream(chunks: AsyncIterator[dict[str, Any]], admission: Admission) ->
         yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(admission.release))
+
+
+async def json_unless_disconnected(request: Request, work: Awaitable[dict[str, Any]], admission: Admission) -> Response:
+    """The JSON answer of a non-streamed request, or 499 (which nobody reads) when its client left first; the
+    admission is released either way."""
+    try:
+        result = await unless_disconnected(request, work)
+    finally:
+        admission.release()
+    return Response(status_code=499) if result is None else JSONResponse(result)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
