@@ -1,0 +1,194 @@
+"""RMSNorm and rotary embedding in one Triton launch each (the GPU path of ``rocmforge.layers.norm``/``rotary``).
+
+Same contracts as the CPU functions, which stay the reference: :func:`rocmforge.layers.norm.rms_norm` (float32
+mean of squares, rsqrt, times a float32 weight, output in x's dtype) and
+:meth:`rocmforge.layers.rotary.RotaryEmbedding.apply` (the first ``rope_dim`` dims of every head rotated as
+adjacent pairs, "norm", or halves, "neox", in float32; the rest copied). Unfused, each costs 5-10 torch
+launches per call (pow, mean, rsqrt, muls, casts; slices, muls, stack/cat), which dominated a decode step.
+
+Both read x through its strides: the decoder hands them ``[T, heads, head_dim]`` views of the fused QKV
+output, whose token stride is wider than ``heads * head_dim``, and they must not copy them first. Outputs
+are new contiguous tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["rms_norm_triton", "rope_triton"]
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    heads,
+    n_cols,
+    weight_rows,
+    eps,
+    stride_xt,
+    stride_xh,
+    BLOCK: tl.constexpr,
+):
+    # One program per row (token t, head h) of the last dim; x[t, h, :] is contiguous.
+    row = tl.program_id(0)
+    t = row // heads
+    h = row - t * heads
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + t.to(tl.int64) * stride_xt + h * stride_xh + cols, mask=mask, other=0.0).to(tl.float32)
+    mean_sq = tl.sum(x * x, axis=0) / n_cols
+    rstd = tl.rsqrt(mean_sq + eps)
+    # A weight of several rows (the decoder's [heads, head_dim] q/k norms) repeats every weight_rows rows.
+    w_row = row % weight_rows
+    w = tl.load(w_ptr + w_row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    out = (x * rstd) * w
+    tl.store(out_ptr + row.to(tl.int64) * n_cols + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _as_rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [T, heads, N] (a view whenever the leading dims allow), with a contiguous last dim."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if x.dim() == 1:
+        return x.view(1, 1, -1)
+    if x.dim() == 2:
+        return x.unsqueeze(1)
+    if x.dim() == 3:
+        return x
+    return x.reshape(-1, x.shape[-2], x.shape[-1])
+
+
+def _num_warps(block: int) -> int:
+    return 1 if block <= 256 else 4 if block <= 2048 else 8 if block <= 8192 else 16
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x * weight / sqrt(mean(x^2) + eps)`` over the last dim, in float32, returned in x's dtype.
+
+    ``weight`` has x's trailing shape (the last dim, or more dims that repeat over the leading ones: the
+    decoder's q/k norm weight is ``[heads, head_dim]`` against x ``[T, heads, head_dim]``).
+    """
+    n_cols = x.shape[-1]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    weight = weight.contiguous()
+    if weight.numel() % n_cols or out.numel() % weight.numel():
+        raise ValueError(f"weight of shape {tuple(weight.shape)} does not broadcast over x {tuple(x.shape)}")
+    rows3 = _as_rows(x)
+    num_t, heads = rows3.shape[0], rows3.shape[1]
+    block = triton.next_power_of_2(n_cols)
+    _rms_norm_kernel[(num_t * heads,)](
+        rows3,
+        weight,
+        out,
+        heads,
+        n_cols,
+        weight.numel() // n_cols,
+        float(eps),
+        rows3.stride(0),
+        rows3.stride(1),
+        BLOCK=block,
+        num_warps=_num_warps(block),
+    )
+    return out
+
+
+@triton.jit
+def _rope_kernel(
+    x_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    heads,
+    stride_xt,
+    stride_xh,
+    stride_ct,
+    stride_st,
+    HEAD_DIM: tl.constexpr,
+    HALF: tl.constexpr,
+    HALF_PAD: tl.constexpr,
+    REST: tl.constexpr,
+    REST_PAD: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    NEOX: tl.constexpr,
+):
+    # One program per (token, BLOCK_H heads): a [BLOCK_H, HALF_PAD] tile of pairs, one cos/sin row for all.
+    t = tl.program_id(0)
+    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    head_mask = hs < heads
+    i = tl.arange(0, HALF_PAD)
+    pair_mask = i < HALF
+    cos = tl.load(cos_ptr + t * stride_ct + i, mask=pair_mask, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + t * stride_st + i, mask=pair_mask, other=0.0).to(tl.float32)
+    if NEOX:
+        first, second = i, i + HALF
+    else:
+        first, second = 2 * i, 2 * i + 1
+    x_row = x_ptr + t.to(tl.int64) * stride_xt + hs[:, None] * stride_xh
+    out_row = out_ptr + (t.to(tl.int64) * heads + hs[:, None]) * HEAD_DIM
+    mask = head_mask[:, None] & pair_mask[None, :]
+    x0 = tl.load(x_row + first[None, :], mask=mask, other=0.0).to(tl.float32)
+    x1 = tl.load(x_row + second[None, :], mask=mask, other=0.0).to(tl.float32)
+    c, s = cos[None, :], sin[None, :]
+    out0 = x0 * c - x1 * s
+    out1 = x0 * s + x1 * c
+    dtype = out_ptr.dtype.element_ty
+    tl.store(out_row + first[None, :], out0.to(dtype), mask=mask)
+    tl.store(out_row + second[None, :], out1.to(dtype), mask=mask)
+    if REST > 0:
+        j = tl.arange(0, REST_PAD)
+        rest_mask = head_mask[:, None] & (j < REST)[None, :]
+        rest = tl.load(x_row + 2 * HALF + j[None, :], mask=rest_mask, other=0.0)
+        tl.store(out_row + 2 * HALF + j[None, :], rest, mask=rest_mask)
+
+
+def rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim: int, style: str) -> torch.Tensor:
+    """x ``[T, heads, head_dim]`` with its first ``rope_dim`` dims rotated by cos/sin ``[T, rope_dim / 2]``.
+
+    ``style`` "norm" rotates adjacent pairs, "neox" the two halves of the rotated dims; the rest is copied.
+    Returns a new contiguous tensor in x's dtype.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be [T, heads, head_dim], got {tuple(x.shape)}")
+    if style not in ("norm", "neox"):
+        raise ValueError(f"unknown rope style {style!r}")
+    num_t, heads, head_dim = x.shape
+    if rope_dim % 2 or rope_dim > head_dim:
+        raise ValueError(f"rope_dim {rope_dim} must be even and at most head_dim {head_dim}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    out = torch.empty((num_t, heads, head_dim), dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    half = rope_dim // 2
+    cos = cos if cos.stride(-1) == 1 else cos.contiguous()
+    sin = sin if sin.stride(-1) == 1 else sin.contiguous()
+    half_pad = triton.next_power_of_2(max(half, 1))
+    rest = head_dim - rope_dim
+    # About 4096 pairs per program: every head of a small model in one program per token.
+    block_h = min(triton.next_power_of_2(heads), max(1, 4096 // half_pad))
+    _rope_kernel[(num_t, triton.cdiv(heads, block_h))](
+        x,
+        cos,
+        sin,
+        out,
+        heads,
+        x.stride(0),
+        x.stride(1),
+        cos.stride(0),
+        sin.stride(0),
+        HEAD_DIM=head_dim,
+        HALF=half,
+        HALF_PAD=half_pad,
+        REST=rest,
+        REST_PAD=triton.next_power_of_2(max(rest, 1)),
+        BLOCK_H=block_h,
+        NEOX=style == "neox",
+        num_warps=4,
+    )
+    return out

@@ -1,0 +1,192 @@
+"""The Triton RMSNorm and RoPE kernels against the CPU functions (``rms_norm``, ``RotaryEmbedding.apply``).
+
+Without a GPU these run on the CPU through ``TRITON_INTERPRET=1`` in float32 at small shapes (hidden sizes
+that are not powers of two, head dims 64/128/256, partial rotary, both styles, and the strided
+``[T, heads, head_dim]`` views of a fused QKV output that the decoder hands them); tests marked ``gpu`` run
+model-sized shapes in bf16 and float32 on a CUDA/ROCm device against the CPU functions on the same inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType
+
+import pytest
+import torch
+
+from rocmforge.layers.norm import rms_norm
+from rocmforge.layers.rotary import RotaryEmbedding
+
+
+def _import_kernel_module() -> ModuleType:
+    """The kernel module, defined for the interpreter when there is no GPU (see test_paged_attention.py)."""
+    name = "rocmforge.kernels.triton.norm_rope"
+    if torch.cuda.is_available():
+        return importlib.import_module(name)
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        module = sys.modules.get(name)
+        return importlib.reload(module) if module is not None else importlib.import_module(name)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+kernels = _import_kernel_module()
+rms_norm_triton = kernels.rms_norm_triton
+rope_triton = kernels.rope_triton
+
+CPU = torch.device("cpu")
+KERNEL_DEVICE = torch.device("cuda") if torch.cuda.is_available() else CPU
+EPS = 1e-6
+
+
+def _fused_view(num_tokens: int, heads: int, head_dim: int, extra: int, gen: torch.Generator) -> torch.Tensor:
+    """A [T, heads, head_dim] view of a wider [T, heads * head_dim + extra] buffer, like the decoder's qk."""
+    buffer = torch.randn(num_tokens, heads * head_dim + extra, generator=gen) * 3.0
+    return buffer[:, : heads * head_dim].view(num_tokens, heads, head_dim)
+
+
+def _assert_rms_norm_matches(x: torch.Tensor, weight: torch.Tensor, rtol: float, atol: float) -> None:
+    expected = rms_norm(x.to(CPU), weight.to(CPU), EPS)
+    actual = rms_norm_triton(x.to(KERNEL_DEVICE), weight.to(KERNEL_DEVICE), EPS)
+    assert actual.dtype == x.dtype and actual.shape == x.shape
+    torch.testing.assert_close(actual.to(CPU).float(), expected.float(), rtol=rtol, atol=atol)
+
+
+# ---- interpreter (or GPU) at small shapes, float32 --------------------------------------------------------
+
+
+@pytest.mark.parametrize("hidden", [64, 576, 896])
+def test_rms_norm_rows(hidden: int) -> None:
+    gen = torch.Generator().manual_seed(hidden)
+    x = torch.randn(5, hidden, generator=gen) * 2.0 + 0.5
+    weight = torch.randn(hidden, generator=gen)
+    _assert_rms_norm_matches(x, weight, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_one_row_and_leading_dims() -> None:
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(96, generator=gen)
+    _assert_rms_norm_matches(torch.randn(96, generator=gen), weight, rtol=1e-5, atol=1e-6)
+    _assert_rms_norm_matches(torch.randn(2, 3, 4, 96, generator=gen), weight, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_rms_norm_per_head_weight_on_a_strided_view(head_dim: int) -> None:
+    """The decoder's q/k norm: x a strided [T, H + KVH, D] view, weight [H + KVH, D] (q rows, then k rows)."""
+    gen = torch.Generator().manual_seed(head_dim)
+    x = _fused_view(3, 6, head_dim, extra=2 * head_dim, gen=gen)
+    assert not x.is_contiguous()
+    weight = torch.randn(6, head_dim, generator=gen)
+    _assert_rms_norm_matches(x, weight, rtol=1e-5, atol=1e-6)
+    # A single [D] weight shared by every head too.
+    _assert_rms_norm_matches(x, weight[0], rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_empty() -> None:
+    out = rms_norm_triton(torch.empty(0, 64, device=KERNEL_DEVICE), torch.ones(64, device=KERNEL_DEVICE), EPS)
+    assert out.shape == (0, 64)
+
+
+def _assert_rope_matches(
+    x: torch.Tensor, rope_dim: int, style: str, rtol: float, atol: float, theta: float = 10000.0
+) -> None:
+    rope = RotaryEmbedding(rope_dim, theta, style)  # type: ignore[arg-type]
+    positions = torch.arange(x.shape[0]) * 37 + 5  # far apart, so the angles span many turns
+    cos, sin = rope.cos_sin(positions)
+    expected = rope.apply(x.to(CPU), cos, sin)
+    actual = rope_triton(x.to(KERNEL_DEVICE), cos.to(KERNEL_DEVICE), sin.to(KERNEL_DEVICE), rope_dim, style)
+    assert actual.dtype == x.dtype and actual.shape == x.shape
+    torch.testing.assert_close(actual.to(CPU).float(), expected.float(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("style", ["norm", "neox"])
+@pytest.mark.parametrize(("head_dim", "rope_dim"), [(64, 64), (128, 128), (256, 256), (64, 32), (128, 64), (96, 48)])
+def test_rope(style: str, head_dim: int, rope_dim: int) -> None:
+    gen = torch.Generator().manual_seed(head_dim + rope_dim)
+    x = torch.randn(3, 5, head_dim, generator=gen)
+    _assert_rope_matches(x, rope_dim, style, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("style", ["norm", "neox"])
+def test_rope_on_a_strided_view(style: str) -> None:
+    gen = torch.Generator().manual_seed(7)
+    x = _fused_view(4, 7, 64, extra=128, gen=gen)  # 7 heads: a head block is padded
+    assert not x.is_contiguous()
+    _assert_rope_matches(x, 64, style, rtol=1e-5, atol=1e-5)
+    _assert_rope_matches(x, 32, style, rtol=1e-5, atol=1e-5)
+
+
+def test_rope_rejects_bad_arguments() -> None:
+    x = torch.zeros(1, 1, 64, device=KERNEL_DEVICE)
+    cs = torch.zeros(1, 32, device=KERNEL_DEVICE)
+    with pytest.raises(ValueError):
+        rope_triton(x, cs, cs, 64, "gptj")
+    with pytest.raises(ValueError):
+        rope_triton(x, cs, cs, 128, "norm")
+
+
+# ---- model-sized shapes on a real GPU ---------------------------------------------------------------------
+
+# bf16 results may differ from the CPU's by one bf16 rounding of a float32 value that differs in its last bits.
+TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1.6e-2, 1e-2)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("num_tokens", "hidden"), [(1, 576), (64, 896), (256, 4096), (16, 8192)])
+def test_gpu_rms_norm_model_shapes(dtype: torch.dtype, num_tokens: int, hidden: int) -> None:
+    gen = torch.Generator().manual_seed(hidden + num_tokens)
+    x = (torch.randn(num_tokens, hidden, generator=gen) * 4.0).to(dtype)
+    weight = torch.randn(hidden, generator=gen)
+    _assert_rms_norm_matches(x, weight, *TOLERANCES[dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_qk_norm_model_shape(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = _fused_view(128, 40, 128, extra=8 * 128, gen=gen).to(dtype)  # bf16 cast makes it contiguous again
+    buffer = torch.zeros(128, 48 * 128, dtype=dtype, device=KERNEL_DEVICE)
+    buffer[:, : 40 * 128] = x.reshape(128, -1).to(KERNEL_DEVICE)
+    view = buffer[:, : 40 * 128].view(128, 40, 128)
+    weight = torch.randn(40, 128, generator=gen)
+    expected = rms_norm(x, weight, EPS)
+    actual = rms_norm_triton(view, weight.to(KERNEL_DEVICE), EPS)
+    torch.testing.assert_close(actual.to(CPU).float(), expected.float(), rtol=TOLERANCES[dtype][0], atol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("style", ["norm", "neox"])
+@pytest.mark.parametrize(
+    ("num_tokens", "heads", "head_dim", "rope_dim"),
+    [(1, 15, 64, 64), (256, 40, 128, 128), (64, 12, 256, 256), (32, 36, 128, 64)],
+)
+def test_gpu_rope_model_shapes(
+    dtype: torch.dtype, style: str, num_tokens: int, heads: int, head_dim: int, rope_dim: int
+) -> None:
+    gen = torch.Generator().manual_seed(heads * head_dim)
+    x = torch.randn(num_tokens, heads, head_dim, generator=gen).to(dtype)
+    _assert_rope_matches(x, rope_dim, style, *TOLERANCES[dtype], theta=500000.0)
+
+
+@pytest.mark.gpu
+def test_gpu_layers_dispatch_to_the_kernels() -> None:
+    """On a GPU, ``rms_norm`` and ``RotaryEmbedding.apply`` take the kernels and agree with the CPU path."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(8, 6, 64, generator=gen)
+    weight = torch.randn(64, generator=gen)
+    cuda = torch.device("cuda")
+    torch.testing.assert_close(rms_norm(x.to(cuda), weight.to(cuda), EPS).cpu(), rms_norm(x, weight, EPS))
+    rope = RotaryEmbedding(64, 10000.0, "neox")
+    cos, sin = rope.cos_sin(torch.arange(8))
+    gpu = rope.apply(x.to(cuda), cos.to(cuda), sin.to(cuda))
+    assert gpu.is_contiguous()
+    torch.testing.assert_close(gpu.cpu(), rope.apply(x, cos, sin), rtol=1e-5, atol=1e-5)
