@@ -1,32 +1,12 @@
-"""RMSNorm, computed in float32 whatever the activation dtype (as llama.cpp does).
-
-On a GPU it runs as one Triton launch (``rocmforge.kernels.triton.norm_rope``); the torch code below is the
-CPU path and the reference, checked against llama.cpp.
-"""
+"""RMSNorm, computed in float32 whatever the activation dtype (as llama.cpp does)."""
 
 from __future__ import annotations
-
-import functools
-from collections.abc import Callable
 
 import torch
 
 
-@functools.cache
-def _gpu_kernel() -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None:
-    from rocmforge.kernels.triton import triton_available
-
-    if not triton_available():
-        return None
-    from rocmforge.kernels.triton.norm_rope import rms_norm_triton
-
-    return rms_norm_triton
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x * weight / sqrt(mean(x^2) + eps) over the last dim. Gemma's (1 + w) is already folded into GGUF weights."""
-    if x.device.type == "cuda" and (kernel := _gpu_kernel()) is not None:
-        return kernel(x, weight, eps)
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
     return (normed * weight).to(x.dtype)

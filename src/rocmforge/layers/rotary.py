@@ -2,29 +2,13 @@
 
 "norm" rotates adjacent pairs (x[2i], x[2i+1]) — the layout llama.cpp's converter produces for llama-family
 models by permuting Q/K rows; "neox" rotates (x[i], x[i + d/2]) — HF's layout, kept for Qwen and Gemma.
-On a GPU, ``apply`` runs as one Triton launch (``rocmforge.kernels.triton.norm_rope``); the torch code is the
-CPU path and the reference.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import torch
 
 from rocmforge.config import RopeStyle
-
-
-@functools.cache
-def _gpu_kernel() -> Callable[..., torch.Tensor] | None:
-    from rocmforge.kernels.triton import triton_available
-
-    if not triton_available():
-        return None
-    from rocmforge.kernels.triton.norm_rope import rope_triton
-
-    return rope_triton
 
 
 class RotaryEmbedding:
@@ -53,8 +37,6 @@ class RotaryEmbedding:
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate the first rope_dim dims of every head; x is [T, heads, head_dim]."""
-        if x.device.type == "cuda" and (kernel := _gpu_kernel()) is not None:
-            return kernel(x, cos, sin, self.rope_dim, self.style)
         rot, rest = x[..., : self.rope_dim].float(), x[..., self.rope_dim :]
         cos, sin = cos[:, None, :], sin[:, None, :]
         if self.style == "norm":

@@ -1,14 +1,15 @@
-"""RMSNorm and rotary embedding in one Triton launch each (the GPU path of ``rocmforge.layers.norm``/``rotary``).
+"""RMSNorm and rotary embedding in one Triton launch each: kernels for the GPU path, not wired in yet.
 
 Same contracts as the CPU functions, which stay the reference: :func:`rocmforge.layers.norm.rms_norm` (float32
 mean of squares, rsqrt, times a float32 weight, output in x's dtype) and
 :meth:`rocmforge.layers.rotary.RotaryEmbedding.apply` (the first ``rope_dim`` dims of every head rotated as
-adjacent pairs, "norm", or halves, "neox", in float32; the rest copied). Unfused, each costs 5-10 torch
-launches per call (pow, mean, rsqrt, muls, casts; slices, muls, stack/cat), which dominated a decode step.
+adjacent pairs, "norm", or halves, "neox", in float32; the rest copied).
 
-Both read x through its strides: the decoder hands them ``[T, heads, head_dim]`` views of the fused QKV
-output, whose token stride is wider than ``heads * head_dim``, and they must not copy them first. Outputs
-are new contiguous tensors.
+Why they are not called from the layers: measured on an H100 (benchmarks/gpu_decode.py, synthetic 7B Q4_K_M,
+2026-11-26), routing the layers through them halved the kernel launches of a decode step (1040 -> 523) but made
+it no faster (32.5 vs 34.3 tok/s direct, 28.0 vs 33.4 through the engine) and prefill slower (6782 vs 9963
+tok/s): a decode step is bound by host time, and a Triton launch from Python costs more host time than the torch
+ops it replaces. They pay off once a step is captured in a CUDA graph, where launches cost nothing on the host.
 """
 
 from __future__ import annotations
