@@ -133,11 +133,6 @@ class AsyncLLM(FrontEnd):
             if not finished:
                 self.engine.abort(request_id)  # the consumer left: free its blocks at the next step
 
-    @property
-    def num_active_requests(self) -> int:
-        """Requests submitted through this front end whose streams have not ended (running or waiting)."""
-        return len(self._streams)
-
     def validate(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str = "request") -> None:
         """Raise ValidationError now if the request could never run, so that a server can answer 400 before it
         starts a streamed response (generate() would only raise at its first iteration)."""

@@ -309,7 +309,7 @@ class EngineLoop:
         with self._lock:
             self.error = exc
             self._state = EngineState.DEAD  # from any state: nothing may be accepted after this
-            pending = [m.request_id for m in self._drain_queue() if isinstance(m, _AddRequest)]
+            pending = [m.request_id for m in self._take_messages(block=False) if isinstance(m, _AddRequest)]
         error = EngineDeadError(f"engine loop failed: {exc!r}")
         error.__cause__ = exc
         failed = [EngineCoreOutput(request_id, 0, error=error) for request_id in [*live, *pending]]
@@ -318,14 +318,6 @@ class EngineLoop:
                 self._sink(failed)
             except Exception:  # the sink itself may be what failed: nothing more can be told
                 logger.exception("could not deliver EngineDeadError to pending requests")
-
-    def _drain_queue(self) -> list[_Message]:
-        messages = []
-        while True:
-            try:
-                messages.append(self._queue.get_nowait())
-            except queue.Empty:
-                return messages
 
     def _holds(self, request_id: str) -> bool:
         core = self._core
