@@ -29,7 +29,12 @@ import pytest
 import torch
 
 # Defined in this order: quant_matmul's kernel calls helpers from dequant_blocks.
-_KERNEL_MODULES = ("rocmforge.kernels.triton.dequant_blocks", "rocmforge.kernels.triton.quant_matmul")
+_KERNEL_MODULES = (
+    "rocmforge.kernels.triton.dequant_blocks",
+    "rocmforge.kernels.triton.quant_matmul",
+    "rocmforge.kernels.triton.paged_attention",
+    "rocmforge.kernels.triton.norm_rope",
+)
 
 HAS_GPU = torch.cuda.is_available()
 SUBPROCESS_TEST = "test_interpreter_in_subprocess"

@@ -8,38 +8,12 @@ model-sized shapes in bf16 and float32 on a CUDA/ROCm device against the CPU fun
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-from types import ModuleType
-
 import pytest
 import torch
 
+from rocmforge.kernels.triton.norm_rope import rms_norm_triton, rope_triton
 from rocmforge.layers.norm import rms_norm
 from rocmforge.layers.rotary import RotaryEmbedding
-
-
-def _import_kernel_module() -> ModuleType:
-    """The kernel module, defined for the interpreter when there is no GPU (see test_paged_attention.py)."""
-    name = "rocmforge.kernels.triton.norm_rope"
-    if torch.cuda.is_available():
-        return importlib.import_module(name)
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        module = sys.modules.get(name)
-        return importlib.reload(module) if module is not None else importlib.import_module(name)
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-kernels = _import_kernel_module()
-rms_norm_triton = kernels.rms_norm_triton
-rope_triton = kernels.rope_triton
 
 CPU = torch.device("cpu")
 KERNEL_DEVICE = torch.device("cuda") if torch.cuda.is_available() else CPU

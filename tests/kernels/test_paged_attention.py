@@ -11,43 +11,16 @@ drawn from a shuffled free list, so neighbouring keys live in unrelated blocks.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import random
-import sys
 from dataclasses import dataclass
-from types import ModuleType
 
 import pytest
 import torch
 
+from rocmforge.kernels.triton import paged_attention as kernels
+from rocmforge.kernels.triton.paged_attention import paged_attention_triton
 from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention, store_kv
-
-
-def _import_kernel_module() -> ModuleType:
-    """The kernel module, defined for the interpreter when there is no GPU.
-
-    conftest.py does this for the modules it lists; Triton picks compiled or interpreted when the kernel is
-    defined, and the test module is imported after conftest restored ``TRITON_INTERPRET``.
-    """
-    name = "rocmforge.kernels.triton.paged_attention"
-    if torch.cuda.is_available():
-        return importlib.import_module(name)
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        module = sys.modules.get(name)
-        return importlib.reload(module) if module is not None else importlib.import_module(name)
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-
-
-kernels = _import_kernel_module()
-paged_attention_triton = kernels.paged_attention_triton
 
 CPU = torch.device("cpu")
 
