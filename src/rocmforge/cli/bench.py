@@ -15,7 +15,7 @@ from rocmforge.bench import report, workload
 from rocmforge.bench import serve as serve_bench
 from rocmforge.bench.latency import measure_latency
 from rocmforge.bench.throughput import ThroughputResult, measure_throughput, started_engine
-from rocmforge.cli.options import add_dtype_option, add_model_option
+from rocmforge.cli.options import add_device_option, add_dtype_option, add_model_option
 from rocmforge.engine.config import EngineConfig
 from rocmforge.engine.llm import LLM
 from rocmforge.errors import ValidationError
@@ -91,7 +91,7 @@ def register(commands: Any) -> None:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     add_model_option(parser)
     add_dtype_option(parser)
-    parser.add_argument("--device", default="cpu", help="torch device to run on (default: cpu)")
+    add_device_option(parser, default="cpu")
     parser.add_argument("--max-num-seqs", type=int, default=64, help="most requests in a step (default: 64)")
     parser.add_argument(
         "--max-num-batched-tokens", type=int, default=2048, help="most tokens in a step (default: 2048)"

@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from rocmforge.cli.options import add_dtype_option
+from rocmforge.cli.options import add_device_option, add_dtype_option
 from rocmforge.engine.async_llm import AsyncLLM
 from rocmforge.engine.config import EngineConfig
 from rocmforge.errors import ValidationError
@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"default: {DEFAULT_MODEL}")
     add_dtype_option(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    add_device_option(parser)
     parser.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding (default: 0.7)")
     parser.add_argument("--top-p", type=float, default=0.95, help="1 disables (default: 0.95)")
     parser.add_argument("--top-k", type=int, default=40, help="0 disables (default: 40)")

@@ -24,3 +24,11 @@ def add_dtype_option(parser: argparse.ArgumentParser) -> None:
         default="bf16",
         help="storage and matmul dtype of weight matrices; bf16 is fastest on CPUs with AVX-512 BF16 (default: bf16)",
     )
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument(
+        "--device",
+        default=default,
+        help=f"auto (a GPU when torch sees one; ROCm GPUs count as cuda), cpu or cuda[:N] (default: {default})",
+    )

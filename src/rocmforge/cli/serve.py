@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from rocmforge.cli.options import add_dtype_option
+from rocmforge.cli.options import add_device_option, add_dtype_option
 from rocmforge.engine.config import EngineConfig, GiB
 from rocmforge.errors import ConfigError
 from rocmforge.hub import DEFAULT_MODEL, resolve_model
@@ -31,7 +31,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     add_dtype_option(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
+    add_device_option(parser)
     parser.add_argument("--max-num-seqs", type=int, default=64, help="requests in the running batch (default: 64)")
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per step (default: 2048)")
     parser.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: the model's)")
