@@ -1,4 +1,4 @@
-"""The Triton RMSNorm and RoPE kernels against the CPU functions (``rms_norm``, ``RotaryEmbedding.apply``).
+"""The Triton RMSNorm, RoPE and gated-activation kernels against the CPU functions they replace on the GPU.
 
 Without a GPU these run on the CPU through ``TRITON_INTERPRET=1`` in float32 at small shapes (hidden sizes
 that are not powers of two, head dims 64/128/256, partial rotary, both styles, and the strided
@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rocmforge.kernels.triton.norm_rope import rms_norm_triton, rope_triton
+from rocmforge.kernels.triton.norm_rope import gated_activation_triton, rms_norm_triton, rope_triton
+from rocmforge.layers.activation import gated_activation
 from rocmforge.layers.norm import rms_norm
 from rocmforge.layers.rotary import RotaryEmbedding
 
@@ -149,3 +150,30 @@ def test_gpu_rope_model_shapes(
     gen = torch.Generator().manual_seed(heads * head_dim)
     x = torch.randn(num_tokens, heads, head_dim, generator=gen).to(dtype)
     _assert_rope_matches(x, rope_dim, style, *TOLERANCES[dtype], theta=500000.0)
+
+
+def _assert_gated_activation_matches(num_tokens: int, inter: int, activation: str, dtype: torch.dtype) -> None:
+    """gate and up as the two halves of one [T, 2I] gate_up output (strided views), as the decoder passes them."""
+    gen = torch.Generator().manual_seed(num_tokens * inter)
+    gate_up = (torch.randn(num_tokens, 2 * inter, generator=gen) * 3.0).to(dtype)
+    expected = gated_activation(gate_up[:, :inter].float(), gate_up[:, inter:].float(), activation)  # type: ignore[arg-type]
+    on_device = gate_up.to(KERNEL_DEVICE)
+    actual = gated_activation_triton(on_device[:, :inter], on_device[:, inter:], activation)
+    assert actual.dtype == dtype and actual.shape == (num_tokens, inter)
+    # float32: the same formula up to exp/tanh rounding; bf16: one output rounding (torch's bf16 ops round twice).
+    rtol, atol = (1e-5, 1e-5) if dtype == torch.float32 else (1e-2, 1e-2)
+    torch.testing.assert_close(actual.to(CPU).float(), expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize(("num_tokens", "inter"), [(1, 96), (3, 1536), (2, 2000)])
+def test_gated_activation(activation: str, num_tokens: int, inter: int) -> None:
+    _assert_gated_activation_matches(num_tokens, inter, activation, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize(("num_tokens", "inter"), [(1, 11008), (64, 14336), (256, 2048)])
+def test_gpu_gated_activation_model_shapes(dtype: torch.dtype, activation: str, num_tokens: int, inter: int) -> None:
+    _assert_gated_activation_matches(num_tokens, inter, activation, dtype)

@@ -91,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.chat_template is not None:
         ChatTemplate(load_template_file(args.chat_template), bos_token="", eos_token="", name=args.chat_template)
-    config = EngineConfig(dtype=args.dtype, device=args.device, max_num_seqs=1, max_model_len=args.max_model_len)
+    config = EngineConfig(
+        dtype=args.dtype,
+        device=args.device,
+        max_num_seqs=1,
+        max_model_len=args.max_model_len,
+        enforce_eager=args.enforce_eager,
+    )
     path = resolve_model(args.model, progress=not args.quiet)
     loop = asyncio.new_event_loop()
     llm = AsyncLLM(path, config, progress=not args.quiet)

@@ -32,3 +32,8 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") ->
         default=default,
         help=f"auto (a GPU when torch sees one; ROCm GPUs count as cuda), cpu or cuda[:N] (default: {default})",
     )
+    parser.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="on a GPU, run decode steps op by op instead of replaying CUDA graphs (starts sooner, decodes slower)",
+    )

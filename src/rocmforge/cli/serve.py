@@ -68,6 +68,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         dtype=args.dtype,
         device=args.device,
         max_num_seqs=args.max_num_seqs,
+        enforce_eager=args.enforce_eager,
         max_num_batched_tokens=args.max_num_batched_tokens,
         max_model_len=args.max_model_len,
         kv_cache_memory=int(args.kv_cache_memory * GiB),

@@ -23,6 +23,8 @@ class EngineConfig:
     bytes, and on a GPU, what is left of ``gpu_memory_utilization`` of its memory after the weights and the
     activations of a full-size step; never more than ``max_num_seqs`` full-length sequences need.
     ``max_model_len`` (default: the model's context length) caps prompt plus output tokens per request.
+    On a GPU, decode steps of up to ``max_num_seqs`` sequences replay CUDA graphs captured at start (vLLM's
+    default too); ``enforce_eager`` runs every step op by op instead (slower, but starts sooner).
     """
 
     dtype: str = "bf16"
@@ -35,6 +37,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

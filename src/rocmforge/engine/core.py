@@ -38,6 +38,7 @@ class EngineStats:
     num_kv_blocks: int = 0
     prefix_cache: PrefixCacheStats = dataclasses.field(default_factory=lambda: PrefixCacheStats(0, 0, 0))
     num_steps: int = 0
+    num_cuda_graph_steps: int = 0  # of num_steps, those replayed from a captured CUDA graph
 
 
 class EngineCore:
@@ -52,7 +53,8 @@ class EngineCore:
         self.scheduler = Scheduler(
             block_manager, config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len
         )
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        graph_batch = None if config.enforce_eager else config.max_num_seqs
+        self.runner = ModelRunner(model, num_blocks, config.block_size, graph_batch, self.max_model_len)
         # request id -> its samples' scheduler ids, unfinished only; scheduler id -> (request id, index, sample)
         self._families: dict[str, list[str]] = {}
         self._samples: dict[str, tuple[str, int, Request]] = {}
@@ -210,6 +212,7 @@ class EngineCore:
             num_kv_blocks=scheduler.block_manager.num_blocks,
             prefix_cache=scheduler.prefix_cache_stats,
             num_steps=self.num_steps,
+            num_cuda_graph_steps=self.runner.num_graph_steps,
         )
 
     def abort_all(self) -> list[EngineCoreOutput]:

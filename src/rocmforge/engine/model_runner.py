@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rocmforge.engine.cuda_graphs import DecodeGraphs
 from rocmforge.engine.request import Request
 from rocmforge.engine.scheduler_output import SchedulerOutput
 from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice
@@ -29,12 +30,31 @@ class StepLogits:
 
 
 class ModelRunner:
-    """Runs a DecoderModel over a PagedKVCache it owns; ``release()`` frees the cache's memory."""
+    """Runs a DecoderModel over a PagedKVCache it owns; ``release()`` frees the cache's memory.
 
-    def __init__(self, model: DecoderModel, num_blocks: int, block_size: int) -> None:
+    With ``cuda_graph_max_batch`` (a GPU model only), steps of up to that many single-token decodes replay
+    captured CUDA graphs (``capture_cuda_graphs()`` records them); other steps run eagerly. The cache then has
+    one block more than ``num_blocks``, which only the graphs' padding rows write.
+    """
+
+    def __init__(
+        self,
+        model: DecoderModel,
+        num_blocks: int,
+        block_size: int,
+        cuda_graph_max_batch: int | None = None,
+        max_model_len: int | None = None,
+    ) -> None:
         self.model = model
         self.block_size = block_size
-        self.kv_cache = PagedKVCache(model.config, num_blocks, block_size, model.dtype, model.device)
+        graphs = cuda_graph_max_batch is not None and model.device.type == "cuda"
+        num_cache_blocks = num_blocks + 1 if graphs else num_blocks
+        self.kv_cache = PagedKVCache(model.config, num_cache_blocks, block_size, model.dtype, model.device)
+        self.graphs: DecodeGraphs | None = None
+        self.num_graph_steps = 0
+        if graphs and cuda_graph_max_batch is not None:
+            max_len = max_model_len or model.config.context_length
+            self.graphs = DecodeGraphs(model, self.kv_cache, num_blocks, cuda_graph_max_batch, max_len)
 
     @property
     def device(self) -> torch.device:
@@ -46,6 +66,11 @@ class ModelRunner:
         self.kv_cache.copy_blocks(list(output.block_copies))
         if output.is_empty:
             return StepLogits((), torch.empty(0, self.model.config.vocab_size))
+        if self.graphs is not None and self.graphs.fits(output.scheduled):
+            logits = self.graphs.run(output.scheduled)
+            self.num_graph_steps += 1
+            sampling_ids = [item.request_id for item in output.scheduled]
+            return StepLogits(tuple(sampling_ids), self._process(logits, sampling_ids, requests))
         token_ids: list[int] = []
         positions: list[int] = []
         sequences: list[SequenceSlice] = []
@@ -67,6 +92,11 @@ class ModelRunner:
             metadata,
             torch.tensor(logits_rows, dtype=torch.long, device=device),
         )
+        return StepLogits(tuple(sampling_ids), self._process(logits, sampling_ids, requests))
+
+    @staticmethod
+    def _process(logits: torch.Tensor, sampling_ids: list[str], requests: Mapping[str, Request]) -> torch.Tensor:
+        """Apply each sampling request's logits processors to its row, in place."""
         for row, request_id in enumerate(sampling_ids):
             request = requests.get(request_id)
             if request is None or not request.logits_processors:
@@ -75,11 +105,12 @@ class ModelRunner:
             for processor in request.logits_processors:
                 row_logits = processor(list(request.output_token_ids), row_logits)
             logits[row] = row_logits
-        return StepLogits(tuple(sampling_ids), logits)
+        return logits
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """One small prefill and one decode through block 0, so the first request pays no first-call costs.
+        """One small prefill and one decode through block 0, so the first request pays no first-call costs;
+        then the decode CUDA graphs are captured, if this runner uses them.
 
         Runs before any request exists, when every block is free and block 0's content is garbage anyway
         (the table names block 0 for every position, which only overwrites that garbage).
@@ -98,6 +129,10 @@ class ModelRunner:
                 metadata,
                 torch.tensor([len(tokens) - 1], device=self.device),
             )
+        if self.graphs is not None:
+            self.graphs.capture()
 
     def release(self) -> None:
+        if self.graphs is not None:
+            self.graphs.release()
         self.kv_cache.release()

@@ -2,6 +2,8 @@
 
 "norm" rotates adjacent pairs (x[2i], x[2i+1]) — the layout llama.cpp's converter produces for llama-family
 models by permuting Q/K rows; "neox" rotates (x[i], x[i + d/2]) — HF's layout, kept for Qwen and Gemma.
+On a GPU, ``apply`` runs as one Triton launch for decode-sized steps (``rocmforge.kernels.triton.norm_rope``);
+the torch code is the CPU path and the reference.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from rocmforge.config import RopeStyle
+from rocmforge.layers.gpu_kernels import fused_kernel_for
 
 
 class RotaryEmbedding:
@@ -29,14 +32,23 @@ class RotaryEmbedding:
         self.inv_freq = (inv_freq / scaling_factor).to(torch.float32)
         self.rope_dim = rope_dim
         self.style = style
+        # One copy per device, made once: a host-to-device copy inside every step would block CUDA graph capture.
+        self._inv_freq_on: dict[torch.device, torch.Tensor] = {}
+
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        if device not in self._inv_freq_on:
+            self._inv_freq_on[device] = self.inv_freq.to(device)
+        return self._inv_freq_on[device]
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of shape [T, rope_dim / 2] for integer positions [T]."""
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq.to(positions.device)[None, :]
+        angles = positions.to(torch.float32)[:, None] * self._inv_freq(positions.device)[None, :]
         return angles.cos(), angles.sin()
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate the first rope_dim dims of every head; x is [T, heads, head_dim]."""
+        if (kernel := fused_kernel_for(x, "rope")) is not None:
+            return kernel(x, cos, sin, self.rope_dim, self.style)
         rot, rest = x[..., : self.rope_dim].float(), x[..., self.rope_dim :]
         cos, sin = cos[:, None, :], sin[:, None, :]
         if self.style == "norm":

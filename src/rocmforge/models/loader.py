@@ -189,15 +189,17 @@ def load_model_and_tokenizer(
 ) -> tuple[DecoderModel, Tokenizer]:
     """Open, validate and load a GGUF model and its tokenizer; the file is closed again before returning.
 
-    dtype is the storage and matmul dtype of the weight matrices; activations and norms stay float32. On a GPU
-    the quantized matrices keep their GGUF blocks and dtype is the dtype of their large-M (prefill) matmuls;
-    ``quantized`` overrides that choice (see :func:`load_weights`).
+    dtype is the storage and matmul dtype of the weight matrices. On the CPU, activations and the KV cache stay
+    float32 (the reference path); on a GPU they take dtype too (bf16 by default: half the KV cache bytes, and
+    tensor-core matmuls), while norms, softmax and accumulations still run in float32 inside the kernels. On a
+    GPU the quantized matrices keep their GGUF blocks; ``quantized`` overrides that choice (see
+    :func:`load_weights`).
     """
     with GGUFFile(path) as gguf_file:
         config = ModelConfig.from_gguf(gguf_file)
         tokenizer = Tokenizer.from_metadata(gguf_file.metadata, source=str(gguf_file.path))
         weights = load_weights(gguf_file, config, dtype, torch.device(device), progress, quantized)
-    return DecoderModel(config, weights, torch.float32), tokenizer
+    return DecoderModel(config, weights, activation_dtype(dtype, device)), tokenizer
 
 
 def load_model(
@@ -210,4 +212,9 @@ def load_model(
     with GGUFFile(path) as gguf_file:
         config = ModelConfig.from_gguf(gguf_file)
         weights = load_weights(gguf_file, config, dtype, torch.device(device), quantized=quantized)
-    return DecoderModel(config, weights, torch.float32)
+    return DecoderModel(config, weights, activation_dtype(dtype, device))
+
+
+def activation_dtype(dtype: torch.dtype, device: torch.device | str) -> torch.dtype:
+    """Activations' (and the KV cache's) dtype: float32 on the CPU, the weights' matmul dtype on a GPU."""
+    return torch.float32 if torch.device(device).type == "cpu" else dtype

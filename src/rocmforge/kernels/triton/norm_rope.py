@@ -1,15 +1,15 @@
-"""RMSNorm and rotary embedding in one Triton launch each: kernels for the GPU path, not wired in yet.
+"""RMSNorm, rotary embedding and the gated activation in one Triton launch each, for the GPU path.
 
 Same contracts as the CPU functions, which stay the reference: :func:`rocmforge.layers.norm.rms_norm` (float32
-mean of squares, rsqrt, times a float32 weight, output in x's dtype) and
+mean of squares, rsqrt, times a float32 weight, output in x's dtype),
 :meth:`rocmforge.layers.rotary.RotaryEmbedding.apply` (the first ``rope_dim`` dims of every head rotated as
-adjacent pairs, "norm", or halves, "neox", in float32; the rest copied).
+adjacent pairs, "norm", or halves, "neox", in float32; the rest copied) and
+:func:`rocmforge.layers.activation.gated_activation` (``act(gate) * up`` with SiLU or tanh-GELU).
 
-Why they are not called from the layers: measured on an H100 (benchmarks/gpu_decode.py, synthetic 7B Q4_K_M,
-2026-11-26), routing the layers through them halved the kernel launches of a decode step (1040 -> 523) but made
-it no faster (32.5 vs 34.3 tok/s direct, 28.0 vs 33.4 through the engine) and prefill slower (6782 vs 9963
-tok/s): a decode step is bound by host time, and a Triton launch from Python costs more host time than the torch
-ops it replaces. They pay off once a step is captured in a CUDA graph, where launches cost nothing on the host.
+Where they run is decided in :mod:`rocmforge.layers.gpu_kernels`: decode-sized steps on a GPU, which the engine
+replays from CUDA graphs. Measured on an H100 (benchmarks/gpu_decode.py, synthetic 7B Q4_K_M, 2026-11-26),
+routing eager (un-graphed) steps through them halved the launches (1040 -> 523) but gained nothing, because
+an eager step was bound by host time, and made 512-token prefills slower (6782 vs 9963 tok/s).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["rms_norm_triton", "rope_triton"]
+__all__ = ["gated_activation_triton", "rms_norm_triton", "rope_triton"]
 
 
 @triton.jit
@@ -190,6 +190,63 @@ def rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim:
         REST_PAD=triton.next_power_of_2(max(rest, 1)),
         BLOCK_H=block_h,
         NEOX=style == "neox",
+        num_warps=4,
+    )
+    return out
+
+
+@triton.jit
+def _gated_activation_kernel(
+    gate_ptr,
+    up_ptr,
+    out_ptr,
+    n_cols,
+    stride_gate,
+    stride_up,
+    GELU: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # One program per (token, BLOCK columns); gate and up are rows of the fused gate_up output (strided views).
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    gate = tl.load(gate_ptr + t * stride_gate + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(up_ptr + t * stride_up + cols, mask=mask, other=0.0).to(tl.float32)
+    if GELU:
+        # tanh approximation, as torch's gelu(approximate="tanh"): 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+        act = 0.5 * gate * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+    else:
+        act = gate * tl.sigmoid(gate)
+    tl.store(out_ptr + t * n_cols + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def gated_activation_triton(gate: torch.Tensor, up: torch.Tensor, activation: str) -> torch.Tensor:
+    """``act(gate) * up`` for [T, I] tensors (rows may be strided views), act "silu" or "gelu_tanh".
+
+    Computed in float32 and returned in gate's dtype. torch's bf16 ops round ``act(gate)`` to bf16 before the
+    product; this kernel does not, so bf16 results may differ from torch's by one rounding.
+    """
+    if activation not in ("silu", "gelu_tanh"):
+        raise ValueError(f"unknown activation {activation!r}")
+    if gate.dim() != 2 or gate.shape != up.shape:
+        raise ValueError(f"gate and up must be [T, I] of one shape, got {tuple(gate.shape)} and {tuple(up.shape)}")
+    gate = gate if gate.stride(-1) == 1 else gate.contiguous()
+    up = up if up.stride(-1) == 1 else up.contiguous()
+    num_t, n_cols = gate.shape
+    out = torch.empty((num_t, n_cols), dtype=gate.dtype, device=gate.device)
+    if out.numel() == 0:
+        return out
+    block = min(1024, triton.next_power_of_2(n_cols))
+    _gated_activation_kernel[(num_t, triton.cdiv(n_cols, block))](
+        gate,
+        up,
+        out,
+        n_cols,
+        gate.stride(0),
+        up.stride(0),
+        GELU=activation == "gelu_tanh",
+        BLOCK=block,
         num_warps=4,
     )
     return out
