@@ -1,32 +1,31 @@
-"""GPU timing of QuantLinear against cuBLAS bf16 on a pre-dequantized weight, and the crossover of its two paths.
+"""GPU timing of QuantLinear's packed-weight matmul against cuBLAS bf16 and the previous GGUF-block paths.
 
-For 7B-model shapes (N x K) and M in {1, 4, 8, 16, 64, 512}, per weight type (Q4_K, Q6_K, Q8_0, F16):
+For 7B-model shapes (N x K) and M in {1, 4, 16, 64, 512}, per weight type (Q4_K, Q6_K, Q8_0, F16):
 
-* ``fused us``: QuantLinear's small-M path, the Triton kernel that dequantizes inside the matmul (M <= 16);
-* ``dequant us``: its large-M path, the Triton row kernel dequantizing the weight to bf16 in 64 MiB chunks,
-  each chunk multiplied by ``torch.nn.functional.linear`` (cuBLAS);
-* ``cublas us``: ``F.linear(x, W)`` with W already bf16 on the GPU (what a model dequantized at load would run);
-* ``QuantLinear us``: the path that QuantLinear's dispatch (``FUSED_MAX_M``) picks for that M, and
-  ``vs cuBLAS`` = cublas time / that time (> 1: faster than the bf16 model, < 1: slower).
+* ``packed us``: ``packed_matmul`` (rocmforge.kernels.triton.packed_matmul) on the weight repacked at load, bf16
+  activations; for F16 QuantLinear's cuBLAS call on the weight's own bytes (x cast to float16);
+  ``GB/s`` = packed weight bytes / time and ``% copy`` = that over the measured device copy bandwidth;
+* ``fp32 x us`` (M <= 16): the same kernel on float32 activations (what the models pass at decode);
+* ``deq+cuBLAS us``: the packed weight dequantized to bf16 by the Triton kernel in 64 MiB chunks, then
+  ``F.linear`` (the large-M alternative, chosen per M by ``PACKED_GEMM_MAX_M``);
+* ``cuBLAS us``: ``F.linear(x, W)`` with W already bf16 on the GPU (what a model dequantized at load would run);
+* ``old us``: the previous QuantLinear on the GGUF bytes: ``quant_matmul`` up to its old ``FUSED_MAX_M`` (Q4_K 2,
+  Q6_K 3, Q8_0 2, F16 14), above it the GGUF row kernel's bf16 dequantization + cuBLAS.
 
-Activations are bf16 on every side (the fused kernel takes them as they are, the others need no cast), so each
-column times only its matmul. Every time is the median per call of ``--reps`` replays of a CUDA graph of
-``--inner`` back-to-back calls (eager launches from Python are slower than most of these kernels), cycling through
-enough copies of the weight (>= 3x a 50 MiB L2) that each call reads its weight from HBM, as in a model step.
+Every time is the median per call of ``--reps`` replays of a CUDA graph of ``--inner`` back-to-back calls, cycling
+through enough copies of the weight (>= 3x a 50 MiB L2) that each call reads its weight from HBM, as in a model
+step. ``--sweep`` times the candidate kernel configurations per type and M bucket instead (CONFIGS' source);
+``--warm`` compiles the kernels in parallel processes first (Triton caches them on disk).
 
-The crossover table compares the two paths at M <= 16 over all shapes together and prints, per type, the largest
-M at which the fused kernel still wins (linear interpolation between the measured M), i.e. ``FUSED_MAX_M``.
-
-Run: ``PYTHONPATH=src:<gguf> python3 benchmarks/gpu_linear.py [--json out.json]``. ``--warm TYPE`` only compiles
-that type's kernels (several such processes in parallel fill Triton's cache before a timed run).
+Run: ``PYTHONPATH=src:<gguf>:. python3 benchmarks/gpu_linear.py [--sweep] [--json out.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,18 +36,39 @@ from gguf.constants import GGMLQuantizationType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.quant_blocks
 
-from benchmarks.gpu_common import random_raw, time_us
+from benchmarks.gpu_common import copy_bandwidth_gbs, random_raw, time_us
 
-from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES
-from rocmforge.layers.quant_linear import QuantLinear, fused_max_m
+from rocmforge.kernels.triton import packed_matmul as pm
+from rocmforge.kernels.triton.dequant_rows import dequantize_rows
+from rocmforge.kernels.triton.quant_matmul import quant_matmul
+from rocmforge.layers.quant_linear import DEQUANT_CHUNK_BYTES, QuantLinear
 
 Q = GGMLQuantizationType
 SHAPES: list[tuple[int, int]] = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
+SWEEP_SHAPES = SHAPES[:3]
 TYPES: list[GGMLQuantizationType] = [Q.Q4_K, Q.Q6_K, Q.Q8_0, Q.F16]
-TABLE_MS = (1, 16, 64, 512)
-CROSSOVER_MS = (1, 4, 8, 16)
-KERNEL_MAX_M = 16
+PACKED: list[GGMLQuantizationType] = [Q.Q4_K, Q.Q6_K, Q.Q8_0]
+MS = (1, 4, 16, 64, 512)
+OLD_FUSED_MAX_M = {Q.Q4_K: 2, Q.Q6_K: 3, Q.Q8_0: 2, Q.F16: 14}
 L2_FLUSH_BYTES = 3 * 50 * 2**20
+KC = pm.KernelConfig
+
+
+def candidates(bucket: int, qtype: GGMLQuantizationType) -> list[pm.KernelConfig]:
+    """Kernel configurations the sweep times for M bucket ``bucket`` (16: M <= 16, 64, 512)."""
+    if bucket == 16:
+        shapes = [(16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)]
+        return [KC(bn, 16, w, s, programs_per_sm=p) for bn, w in shapes for s in (2, 3, 4) for p in (2, 4, 8, 16)]
+    if bucket == 64:
+        shapes = [(32, 32, 4), (32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (64, 128, 8)]
+        return [KC(bn, bm, w, 3, programs_per_sm=p, kb=4) for bm, bn, w in shapes for p in (2, 4)]
+    shapes = [(128, 128, 8, 3), (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3)]
+    return [KC(bn, bm, w, s, split_k=1, kb=2) for bm, bn, w, s in shapes]
+
+
+def num_copies(nbytes: int) -> int:
+    """How many copies of a weight make cycling through them stream from HBM, not L2."""
+    return max(1, -(-L2_FLUSH_BYTES // nbytes))
 
 
 @dataclass
@@ -57,103 +77,127 @@ class Row:
     n: int
     k: int
     m: int
-    mb: float  # the raw weight's bytes
+    mb: float  # weight bytes on the GPU (packed planes; F16 its raw bytes)
+    packed_us: float
+    fp32_us: float | None
+    deq_us: float | None
     cublas_us: float
-    dequant_us: float
-    fused_us: float | None  # None above the kernel's M
+    old_us: float
 
 
-def copies_of(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """``tensor`` and enough clones of it that cycling through them streams from HBM, not L2."""
-    count = max(1, -(-L2_FLUSH_BYTES // (tensor.numel() * tensor.element_size())))
-    return [tensor] + [tensor.clone() for _ in range(count - 1)]
+def old_path(raw: torch.Tensor, qtype: GGMLQuantizationType, n: int, k: int, x: torch.Tensor) -> torch.Tensor:
+    """The previous QuantLinear on GGUF bytes (fused decode kernel, else row dequantization + cuBLAS)."""
+    if x.shape[0] <= OLD_FUSED_MAX_M[qtype]:
+        return quant_matmul(x, raw, qtype, (n, k), out_dtype=x.dtype)
+    rows = max(1, DEQUANT_CHUNK_BYTES // (k * 2))
+    out = torch.empty((x.shape[0], n), dtype=torch.bfloat16, device=x.device)
+    for start in range(0, n, rows):
+        out[:, start : start + rows] = F.linear(x, dequantize_rows(raw[start : start + rows], qtype, k, torch.bfloat16))
+    return out
+
+
+def deq_cublas(layer: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """Packed weight dequantized to bf16 in chunks by the Triton kernel, then cuBLAS."""
+    n, k = layer.shape
+    rows = max(1, DEQUANT_CHUNK_BYTES // (k * 2))
+    out = torch.empty((x.shape[0], n), dtype=torch.bfloat16, device=x.device)
+    for start in range(0, n, rows):
+        out[:, start : start + rows] = F.linear(x, layer.dequantize_weight(start, start + rows, torch.bfloat16))
+    return out
 
 
 def bench_shape(
-    qtype: GGMLQuantizationType, n: int, k: int, ms: list[int], inner: int, reps: int, gen: torch.Generator
+    qtype: GGMLQuantizationType, n: int, k: int, args: argparse.Namespace, gen: torch.Generator
 ) -> list[Row]:
     raw = random_raw(qtype, n, k, gen)
-    layers = [QuantLinear(r, qtype, (n, k)) for r in copies_of(raw)]
-    weights = copies_of(layers[0].dequantize_weight())  # bf16, by the same row kernel
+    raws = [raw] + [raw.clone() for _ in range(num_copies(raw.numel()) - 1)]
+    layers = [QuantLinear(r.clone(), qtype, (n, k)) for r in raws]
+    weights = [layers[0].dequantize_weight(dtype=torch.bfloat16)]
+    weights += [weights[0].clone() for _ in range(num_copies(weights[0].numel() * 2) - 1)]
     rows: list[Row] = []
-    for m in ms:
+    for m in MS:
         x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-        cublas = time_us(lambda i, x=x: F.linear(x, weights[i % len(weights)]), inner, reps)
-        dequant = time_us(lambda i, x=x: layers[i % len(layers)].dequant_matmul(x), inner, reps)
-        fused = None
-        if m <= KERNEL_MAX_M:
-            fused = time_us(lambda i, x=x: layers[i % len(layers)].fused_matmul(x), inner, reps)
-        rows.append(Row(qtype.name, n, k, m, raw.numel() / 1e6, cublas, dequant, fused))
+        x32 = x.float()
+
+        def layer(i: int) -> QuantLinear:
+            return layers[i % len(layers)]
+
+        if qtype in PACKED:
+            packed = time_us(lambda i, x=x: pm.packed_matmul(x, layer(i).packed), args.inner, args.reps)
+            fp32 = (
+                time_us(lambda i, x32=x32: pm.packed_matmul(x32, layer(i).packed), args.inner, args.reps)
+                if m <= 16
+                else None
+            )
+            deq = time_us(lambda i, x=x: deq_cublas(layer(i), x), args.inner, args.reps) if m >= 16 else None
+        else:
+            packed = time_us(lambda i, x=x: layer(i).float_matmul(x), args.inner, args.reps)
+            fp32, deq = None, None
+        cublas = time_us(lambda i, x=x: F.linear(x, weights[i % len(weights)]), args.inner, args.reps)
+        old = time_us(lambda i, x=x: old_path(raws[i % len(raws)], qtype, n, k, x), args.inner, args.reps)
+        rows.append(Row(qtype.name, n, k, m, layers[0].nbytes / 1e6, packed, fp32, deq, cublas, old))
         print(json.dumps(dataclasses.asdict(rows[-1])), flush=True)
     return rows
 
 
-def dispatch(row: Row) -> tuple[str, float]:
-    """The path QuantLinear's dispatch takes for this row's M, and its measured time."""
-    if row.fused_us is not None and row.m <= fused_max_m(Q[row.type]):
-        return "fused", row.fused_us
-    return "dequant", row.dequant_us
-
-
-def crossover(rows: list[Row], qtype: GGMLQuantizationType) -> tuple[dict[int, tuple[float, float]], float]:
-    """Per M: (fused, dequant) time summed over the shapes; and the M where the two lines cross."""
-    totals: dict[int, tuple[float, float]] = {}
-    for m in CROSSOVER_MS:
-        mine = [r for r in rows if r.type == qtype.name and r.m == m and r.fused_us is not None]
-        if mine:
-            totals[m] = (sum(r.fused_us or 0.0 for r in mine), sum(r.dequant_us for r in mine))
-    ms = sorted(totals)
-    cross = float(KERNEL_MAX_M)
-    for lo, hi in itertools.pairwise(ms):
-        d_lo = totals[lo][0] - totals[lo][1]
-        d_hi = totals[hi][0] - totals[hi][1]
-        if d_lo > 0:  # the fused kernel loses already at the smallest M
-            cross = 0.0
-            break
-        if d_hi > 0:  # it wins at lo and loses at hi: interpolate the crossing of the two (roughly linear) times
-            cross = lo + (hi - lo) * (-d_lo) / (d_hi - d_lo)
-            break
-    return totals, cross
-
-
-def report(rows: list[Row]) -> None:
-    header = "type | N x K | M | weight MB | QuantLinear us (path) | cuBLAS bf16 us | vs cuBLAS | fused us | dequant us"
-    print(f"\n| {header} |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+def report(rows: list[Row], copy_gbs: float) -> None:
+    print(f"\ncopy bandwidth {copy_gbs:.0f} GB/s")
+    print("| type | N x K | M | MB | packed us | GB/s | % copy | fp32 x us | deq+cuBLAS us | cuBLAS bf16 us | old us |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        if r.m not in TABLE_MS:
-            continue
-        path, us = dispatch(r)
-        fused = f"{r.fused_us:.1f}" if r.fused_us is not None else "-"
+        gbs = r.mb * 1e3 / r.packed_us
+        fp32 = f"{r.fp32_us:.1f}" if r.fp32_us is not None else "-"
+        deq = f"{r.deq_us:.1f}" if r.deq_us is not None else "-"
         print(
-            f"| {r.type} | {r.n}x{r.k} | {r.m} | {r.mb:.1f} | {us:.1f} ({path}) | {r.cublas_us:.1f} | "
-            f"{r.cublas_us / us:.2f} | {fused} | {r.dequant_us:.1f} |"
+            f"| {r.type} | {r.n}x{r.k} | {r.m} | {r.mb:.1f} | {r.packed_us:.1f} | {gbs:.0f} | "
+            f"{100 * gbs / copy_gbs:.0f}% | {fp32} | {deq} | {r.cublas_us:.1f} | {r.old_us:.1f} |"
         )
-    print("\nCrossover (all shapes summed): fused us / dequant+cuBLAS us per M, and where they cross")
-    print("| type | " + " | ".join(f"M={m}" for m in CROSSOVER_MS) + " | crossing M |")
-    print("|---|" + "---:|" * (len(CROSSOVER_MS) + 1))
-    for qtype in TYPES:
-        totals, cross = crossover(rows, qtype)
-        if totals:
-            cells = " | ".join(f"{totals[m][0]:.0f} / {totals[m][1]:.0f}" if m in totals else "-" for m in CROSSOVER_MS)
-            print(f"| {qtype.name} | {cells} | {cross:.1f} |")
 
 
-def warm(qtype: GGMLQuantizationType) -> None:
-    """Compile ``qtype``'s kernels for the M the timed run and the GPU tests use (Triton caches them on disk).
+def sweep(args: argparse.Namespace, gen: torch.Generator) -> None:
+    """Time every candidate configuration on SWEEP_SHAPES; print the best per (type, M) by summed time."""
+    for qtype in PACKED:
+        totals: dict[tuple[int, pm.KernelConfig], float] = {}
+        for n, k in SWEEP_SHAPES:
+            raw = random_raw(qtype, n, k, gen)
+            packs = [QuantLinear(raw.clone(), qtype, (n, k)).packed for _ in range(num_copies(raw.numel()))]
+            for m, bucket in ((1, 16), (16, 16), (64, 64), (512, 512)):
+                x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+                for c in candidates(bucket, qtype):
 
-    Triton specializes integer arguments equal to 1 or divisible by 16, so a 4096 x 4096 weight compiles what
-    every shape here needs.
-    """
+                    def call(i: int, c: pm.KernelConfig = c, x: torch.Tensor = x, packs: list = packs) -> torch.Tensor:
+                        return pm.packed_matmul(x, packs[i % len(packs)], config=c)
+
+                    us = time_us(call, args.inner, args.reps)
+                    totals[(m, c)] = totals.get((m, c), 0.0) + us
+            del packs
+        for m in (1, 16, 64, 512):
+            ranked = sorted((us, c) for (mm, c), us in totals.items() if mm == m)
+            print(f"SWEEP {qtype.name} M={m}: " + " ; ".join(f"{us:.1f} {c}" for us, c in ranked[:4]), flush=True)
+        # The small-M config must serve M = 1 and 16 alike: rank by their sum too.
+        both = sorted((totals[(1, c)] + totals[(16, c)], c) for (mm, c) in totals if mm == 1)
+        print(f"SWEEP {qtype.name} M=1+16: " + " ; ".join(f"{us:.1f} {c}" for us, c in both[:4]), flush=True)
+
+
+def warm(part: int, parts: int, with_sweep: bool) -> None:
+    """Compile this process's share of the kernels the run will launch (specializations: M == 1, split == 1)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    n, k = 4096, 4096
-    layer = QuantLinear(random_raw(qtype, n, k, gen), qtype, (n, k))
-    layer.dequantize_weight(0, 1024, torch.float32)
-    if qtype in TYPES:
-        for m in sorted(set(CROSSOVER_MS) | {m for m in TABLE_MS if m <= KERNEL_MAX_M}):
-            layer.fused_matmul(torch.randn(m, k, device="cuda", dtype=torch.bfloat16))
-            layer.fused_matmul(torch.randn(m, k, device="cuda"))  # float32 activations, as the model passes them
-        layer(torch.randn(64, k, device="cuda"))
+    jobs: list[tuple[GGMLQuantizationType, int, pm.KernelConfig | None, torch.dtype]] = []
+    for qtype in PACKED:
+        for m in MS:
+            jobs += [(qtype, m, None, torch.bfloat16)] + ([(qtype, m, None, torch.float32)] if m <= 16 else [])
+        if with_sweep:
+            for m, bucket in ((1, 16), (16, 16), (64, 64), (512, 512)):
+                jobs += [(qtype, m, c, torch.bfloat16) for c in candidates(bucket, qtype)]
+    layers = {q: QuantLinear(random_raw(q, 4096, 4096, gen), q, (4096, 4096)) for q in PACKED}
+    for qtype, m, c, dtype in jobs[part::parts]:
+        x = torch.randn(m, 4096, device="cuda", dtype=dtype)
+        packed = layers[qtype].packed
+        pm.packed_matmul(x, packed, config=c)
+        if c is not None and c.split_k == 0:
+            pm.packed_matmul(x, packed, config=dataclasses.replace(c, split_k=1))
+    for layer in layers.values():
+        layer.dequantize_weight(0, 1024, torch.bfloat16)
     torch.cuda.synchronize()
 
 
@@ -162,24 +206,35 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--inner", type=int, default=20, help="calls per CUDA graph")
     parser.add_argument("--reps", type=int, default=10, help="graph replays (the median is reported)")
-    parser.add_argument(
-        "--warm", nargs="+", choices=[t.name for t in SUPPORTED_QUANT_TYPES], help="only compile these types' kernels"
-    )
+    parser.add_argument("--sweep", action="store_true", help="time the candidate kernel configurations first")
+    parser.add_argument("--no-table", action="store_true", help="skip the main table")
+    parser.add_argument("--warm", type=int, default=0, help="compile first in this many parallel processes")
+    parser.add_argument("--warm-part", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.warm:
-        for name in args.warm:
-            warm(Q[name])
+    if args.warm_part:
+        warm(args.warm_part[0], args.warm_part[1], args.sweep)
         return
+    if args.warm:
+        extra = ["--sweep"] if args.sweep else []
+        procs = [
+            subprocess.Popen([sys.executable, __file__, "--warm-part", str(i), str(args.warm), *extra])
+            for i in range(args.warm)
+        ]
+        for proc in procs:
+            proc.wait()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
-    ms = sorted(set(TABLE_MS) | set(CROSSOVER_MS))
-    rows = [
-        row for qtype in TYPES for n, k in SHAPES for row in bench_shape(qtype, n, k, ms, args.inner, args.reps, gen)
-    ]
-    report(rows)
+    if args.sweep:
+        sweep(argparse.Namespace(inner=10, reps=5), gen)
+    if args.no_table:
+        return
+    copy_gbs = copy_bandwidth_gbs()
+    rows = [row for qtype in TYPES for n, k in SHAPES for row in bench_shape(qtype, n, k, args, gen)]
+    report(rows, copy_gbs)
     if args.json:
         device = torch.cuda.get_device_name()
-        args.json.write_text(json.dumps({"device": device, "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+        payload = {"device": device, "copy_gbs": copy_gbs, "rows": [dataclasses.asdict(r) for r in rows]}
+        args.json.write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

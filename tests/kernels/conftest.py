@@ -32,6 +32,7 @@ import torch
 _KERNEL_MODULES = (
     "rocmforge.kernels.triton.dequant_blocks",
     "rocmforge.kernels.triton.quant_matmul",
+    "rocmforge.kernels.triton.packed_matmul",
     "rocmforge.kernels.triton.paged_attention",
     "rocmforge.kernels.triton.norm_rope",
 )

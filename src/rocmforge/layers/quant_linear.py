@@ -1,13 +1,20 @@
-"""A linear layer whose weight stays in its GGUF blocks on the device, and the quantized token embedding.
+"""A linear layer whose weight stays quantized on the device, and the quantized token embedding.
 
-A Q4_K_M model then takes about its file size in GPU memory instead of its bf16 size. ``QuantLinear(x)``
-picks one of two paths by the number of rows M of x:
+A Q4_K_M model then takes about its file size in GPU memory instead of its bf16 size. Where Triton runs, Q4_K,
+Q6_K and Q8_0 weights are repacked at construction into planes (``rocmforge.layers.packed_weight``, at most
+1.03x the GGUF bytes; the GGUF bytes are dropped) that ``packed_matmul`` reads at near HBM bandwidth, and
+``QuantLinear(x)`` picks its path by the number of rows M of x:
 
-* M <= :data:`FUSED_MAX_M` of the type (2-3 for the K-quants and Q8_0, measured): ``quant_matmul``, the Triton
-  kernel that dequantizes inside the matmul (decode: it reads the quantized weight once);
-* larger M: the weight is dequantized to the matmul dtype (bf16 by default) by the Triton row kernel in chunks
-  of at most :data:`DEQUANT_CHUNK_BYTES`, and each chunk goes to ``torch.matmul`` (cuBLAS / hipBLAS). The
-  dequantization is paid once per call and amortized over M rows (prefill).
+* packed types, M <= :data:`FUSED_MAX_M`: ``packed_matmul`` in x's dtype (float32 activations stay float32);
+* packed types, larger M: x is cast to the matmul dtype (bf16 by default) and multiplied by ``packed_matmul``,
+  or, above :data:`PACKED_GEMM_MAX_M` (measured per type), by torch on the weight dequantized in chunks;
+* packed types with a float32 matmul dtype (the reference mode, as ``Linear`` on the weight dequantized at
+  load, bit for bit): the weight dequantized exactly in chunks and torch at every M (slow on purpose);
+* F16 / BF16 weights: ``torch.nn.functional.linear`` (cuBLAS) on the bytes viewed as the weight, x cast to it;
+* the other block types (not packed) keep the GGUF bytes: M <= :data:`FUSED_MAX_M` (Q4_0: 2) ``quant_matmul``,
+  the Triton kernel that dequantizes GGUF blocks inside the matmul; larger M: the weight is dequantized to the
+  matmul dtype by the Triton row kernel in chunks of at most :data:`DEQUANT_CHUNK_BYTES`, and each chunk goes
+  to ``torch.matmul`` (cuBLAS / hipBLAS).
 
 Where does which run: on a CUDA/ROCm device both paths use Triton; on the CPU under ``TRITON_INTERPRET=1`` too
 (so that the tests can check them without a GPU); otherwise (the CPU, or a GPU without Triton) the weight is
@@ -20,36 +27,59 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from gguf.constants import GGMLQuantizationType
 
 from rocmforge.errors import UnsupportedModelError
 from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES, dequantize, quant_block_info
 from rocmforge.kernels.triton.availability import interpreter_enabled, triton_available
 from rocmforge.layers.linear import matmul_rows, stack_rows
+from rocmforge.layers.packed_weight import PACKED_TYPES, PackedWeight, pack
 
-__all__ = ["DEQUANT_CHUNK_BYTES", "FUSED_MAX_M", "QuantEmbedding", "QuantLinear", "embedding_rows", "fused_max_m"]
+__all__ = [
+    "DEQUANT_CHUNK_BYTES",
+    "FUSED_MAX_M",
+    "PACKED_GEMM_MAX_M",
+    "QuantEmbedding",
+    "QuantLinear",
+    "embedding_rows",
+    "fused_max_m",
+]
 
 _Q = GGMLQuantizationType
 
-# Largest M that goes through the fused decode kernel, per type (the kernel takes M <= 16). Above it, dequantizing
-# the whole weight to bf16 and calling cuBLAS is faster: the decode kernels multiply on CUDA cores in fp32, so their
-# time grows with M while the dequantize + cuBLAS time hardly does. Measured on an H200 (benchmarks/gpu_linear.py,
-# BENCHMARKS.md "GPU quantized linear": the two times cross at M = 2.4 for Q4_K, 3.5 Q6_K, 2.0 Q8_0, 14.0 F16,
-# summed over four 7B shapes). Q4_0 has a whole-block decode kernel like Q8_0 and takes its value (not measured).
-# The other block types only have the per-element kernel, 10-80x slower at M = 1 than the whole-block ones
-# (BENCHMARKS.md, "before" column), far above a dequantize + cuBLAS call, so they never use it (inferred from
-# those numbers, not measured for them).
+# Largest M that runs the kernel in x's own dtype, per type.
+# Packed types (Q4_K, Q6_K, Q8_0): packed_matmul takes every M; up to this M it keeps float32 activations in
+# float32 (exact up to summation order), above it x is cast to the matmul dtype like the prefill path
+# (measured on an H100, BENCHMARKS.md "GPU quantized linear", packed subsection: the float32 kernel is as fast as
+# the bf16 one up to M = 16).
+# Q4_0 keeps the GGUF-block decode kernel of quant_matmul, which multiplies on CUDA cores in fp32 and loses to
+# dequantize + cuBLAS from M = 2-3 (its value is Q8_0's old crossing, not measured for Q4_0). F16/BF16 go to
+# cuBLAS on the weight's own bytes at every M (0 here); F32 keeps the float decode kernel up to 14 (measured
+# for F16 on an H200 before the cuBLAS path existed). The other block types only have the per-element kernel,
+# 10-80x slower at M = 1 than the whole-block ones (BENCHMARKS.md, "before" column), so they never use it.
 FUSED_MAX_M: dict[GGMLQuantizationType, int] = {
-    _Q.Q4_K: 2,
-    _Q.Q6_K: 3,
-    _Q.Q8_0: 2,
+    _Q.Q4_K: 16,
+    _Q.Q6_K: 16,
+    _Q.Q8_0: 16,
     _Q.Q4_0: 2,
-    _Q.F16: 14,
-    _Q.BF16: 14,
+    _Q.F16: 0,
+    _Q.BF16: 0,
     _Q.F32: 14,
 }
 # Types not in the table: the per-element kernel (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K).
 _DEFAULT_FUSED_MAX_M = 0
+
+# Packed types: above this M the large-M path dequantizes the weight and calls cuBLAS instead of running
+# packed_matmul (measured on an H100 at 7B shapes, BENCHMARKS.md "GPU quantized linear", packed subsection).
+PACKED_GEMM_MAX_M: dict[GGMLQuantizationType, int] = {
+    _Q.Q4_K: 1 << 30,
+    _Q.Q6_K: 1 << 30,
+    _Q.Q8_0: 1 << 30,
+}
+
+# Float weight types whose bytes cuBLAS multiplies as they are.
+_VIEW_DTYPES: dict[GGMLQuantizationType, torch.dtype] = {_Q.F16: torch.float16, _Q.BF16: torch.bfloat16}
 
 # Bound on the dequantized temporary of the large-M path: a 32000 x 4096 vocabulary projection would be 250 MiB
 # of bf16 in one piece.
@@ -57,6 +87,7 @@ DEQUANT_CHUNK_BYTES = 64 << 20
 
 # Activation dtypes the fused kernel takes; others go through the dequantize + torch path.
 _KERNEL_X_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def fused_max_m(qtype: GGMLQuantizationType) -> int:
@@ -82,10 +113,12 @@ def _dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, k: int, dty
 
 
 class QuantLinear:
-    """``y = x @ W.T (+ bias)`` with ``W`` [out, in] kept as its raw GGUF blocks (one row of blocks per output).
+    """``y = x @ W.T (+ bias)`` with ``W`` [out, in] kept quantized: packed planes, or the raw GGUF blocks.
 
     Args:
         raw: the weight's bytes, uint8, (out_features, bytes per row) or flat, on the device that computes.
+            Packed types on a Triton device are repacked here and ``raw`` is not kept (``self.raw`` is None,
+            ``self.packed`` holds the planes); otherwise ``self.raw`` is a (rows, row bytes) view of it.
         qtype: its ggml type (any type ``rocmforge.gguf.quants`` dequantizes).
         shape: ``(out_features, in_features)``.
         bias: optional (out_features,) tensor, float32 in the models.
@@ -115,11 +148,24 @@ class QuantLinear:
             )
         if bias is not None and tuple(bias.shape) != (n,):
             raise ValueError(f"QuantLinear: bias of shape {tuple(bias.shape)} for {n} output features")
-        self.raw = raw.reshape(n, row_bytes)
+        self.raw: torch.Tensor | None = raw.reshape(n, row_bytes)
+        self.packed: PackedWeight | None = None
+        if qtype in PACKED_TYPES and _triton_on(raw.device):
+            # The caller's reference to raw is its last one (the loader's): dropping ours frees the GGUF bytes.
+            self.packed = pack(self.raw, qtype, (n, k))
+            self.raw = None
         self.qtype = qtype
         self.shape = (n, k)
         self.bias = bias
         self.dtype = dtype
+
+    @classmethod
+    def from_packed(cls, packed: PackedWeight, bias: torch.Tensor | None, dtype: torch.dtype) -> QuantLinear:
+        """A layer over already packed planes (no copy)."""
+        layer = cls.__new__(cls)
+        layer.raw, layer.packed = None, packed
+        layer.qtype, layer.shape, layer.bias, layer.dtype = packed.qtype, packed.shape, bias, dtype
+        return layer
 
     @property
     def out_features(self) -> int:
@@ -131,22 +177,38 @@ class QuantLinear:
 
     @property
     def device(self) -> torch.device:
-        return self.raw.device
+        return self.packed.device if self.packed is not None else self._raw().device
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the quantized weight (the bias not included)."""
-        return self.raw.numel()
+        """Bytes of the quantized weight on its device, packed or raw (the bias not included)."""
+        return self.packed.nbytes if self.packed is not None else self._raw().numel()
+
+    def _raw(self) -> torch.Tensor:
+        assert self.raw is not None  # exactly one of raw and packed is set
+        return self.raw
 
     def __repr__(self) -> str:
         bias = ", bias" if self.bias is not None else ""
-        return f"QuantLinear({self.qtype.name}, {self.shape}{bias}, {self.dtype}, {self.device})"
+        packed = ", packed" if self.packed is not None else ""
+        return f"QuantLinear({self.qtype.name}, {self.shape}{bias}{packed}, {self.dtype}, {self.device})"
 
     def dequantize_weight(
         self, start: int = 0, stop: int | None = None, dtype: torch.dtype | None = None
     ) -> torch.Tensor:
         """Rows ``start:stop`` of the weight as a float tensor of ``dtype`` (the matmul dtype by default)."""
-        return _dequantize_rows(self.raw[start:stop], self.qtype, self.in_features, dtype or self.dtype)
+        dtype = dtype or self.dtype
+        if self.packed is not None:
+            return _dequantize_packed(self.packed.rows(start, stop), dtype)
+        return _dequantize_rows(self._raw()[start:stop], self.qtype, self.in_features, dtype)
+
+    def lookup_rows(self, token_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows ``token_ids`` [...] of the weight, dequantized: [..., in_features] of ``dtype`` (capturable)."""
+        if self.packed is None:
+            return embedding_rows(self._raw(), self.qtype, self.in_features, token_ids, dtype)
+        ids = token_ids.reshape(-1).to(device=self.device, dtype=torch.long)
+        rows = _dequantize_packed(self.packed.index_select(ids), dtype)
+        return rows.view(*token_ids.shape, self.in_features)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in_features] in any float dtype -> [..., out_features] in x's dtype (plus the bias)."""
@@ -157,24 +219,58 @@ class QuantLinear:
         m = x2.shape[0]
         if m == 0:
             y = x2.new_empty((0, self.out_features))
-        elif m <= fused_max_m(self.qtype) and _triton_on(x2.device) and x2.dtype in _KERNEL_X_DTYPES:
+        elif self.qtype in _VIEW_DTYPES and _triton_on(x2.device):
+            y = self.float_matmul(x2)
+        elif (
+            m <= fused_max_m(self.qtype)
+            and _triton_on(x2.device)
+            and x2.dtype in _KERNEL_X_DTYPES
+            and (self.packed is None or self.dtype in _HALF_DTYPES)
+        ):
             y = self.fused_matmul(x2)
         else:
             y = self.dequant_matmul(x2)
         y = y.reshape(*lead, self.out_features)
         return y + self.bias if self.bias is not None else y
 
+    def float_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """F16/BF16 weights: cuBLAS on the bytes viewed as the [N, K] weight, x cast to its dtype; x's dtype."""
+        wdtype = _VIEW_DTYPES[self.qtype]
+        weight = self._raw().view(wdtype).view(self.shape)
+        return F.linear(x.to(wdtype), weight).to(x.dtype)
+
     def fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` through the fused decode kernel (M <= 16, Triton device only), in x's dtype, no bias."""
+        """``x @ W.T`` by a kernel that dequantizes inside the matmul (Triton device only), in x's dtype, no bias.
+
+        Packed weights: ``packed_matmul`` (any M); GGUF blocks: ``quant_matmul`` (M <= 16).
+        """
+        if self.packed is not None:
+            from rocmforge.kernels.triton.packed_matmul import packed_matmul
+
+            return packed_matmul(x, self.packed, out_dtype=x.dtype)
         from rocmforge.kernels.triton.quant_matmul import quant_matmul
 
-        return quant_matmul(x, self.raw, self.qtype, self.shape, out_dtype=x.dtype)
+        return quant_matmul(x, self._raw(), self.qtype, self.shape, out_dtype=x.dtype)
 
     def dequant_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` by dequantizing W to the matmul dtype in row chunks and calling torch; x's dtype, no bias."""
+        """``x @ W.T`` in the matmul dtype (x cast to it), result in x's dtype, no bias (the large-M path).
+
+        Packed weights in a half matmul dtype up to :data:`PACKED_GEMM_MAX_M`: ``packed_matmul``. Otherwise W
+        is dequantized to the matmul dtype in row chunks, each multiplied by torch: with float32 that is exactly
+        what ``Linear`` computes on the weight dequantized at load (the reference mode).
+        """
         n, k = self.shape
-        rows = max(1, DEQUANT_CHUNK_BYTES // (k * self.dtype.itemsize))
         xw = x.to(self.dtype)
+        if (
+            self.packed is not None
+            and x.shape[0] <= PACKED_GEMM_MAX_M[self.qtype]
+            and self.dtype in _HALF_DTYPES
+            and _triton_on(x.device)
+        ):
+            from rocmforge.kernels.triton.packed_matmul import packed_matmul
+
+            return packed_matmul(xw, self.packed, out_dtype=x.dtype)
+        rows = max(1, DEQUANT_CHUNK_BYTES // (k * self.dtype.itemsize))
         if rows >= n:
             return matmul_rows(xw, self.dequantize_weight()).to(x.dtype)
         out = torch.empty((x.shape[0], n), dtype=self.dtype, device=x.device)
@@ -184,28 +280,60 @@ class QuantLinear:
         return out.to(x.dtype)
 
     def can_fuse(self, other: QuantLinear) -> bool:
-        """Whether ``other`` can share one matrix with this layer (rows of whole blocks concatenate)."""
+        """Whether ``other`` can share one matrix with this layer (rows concatenate: blocks or planes)."""
         return (
             self.qtype == other.qtype
             and self.in_features == other.in_features
             and self.device == other.device
             and self.dtype == other.dtype
+            and (self.packed is None) == (other.packed is None)
         )
 
     @classmethod
     def fuse(cls, linears: Sequence[QuantLinear]) -> QuantLinear:
         """One layer whose output is the given ones' outputs concatenated; they become views of its storage.
 
-        GGUF rows are whole blocks, so stacking the raw rows stacks the weights. Re-pointing the originals at
-        slices keeps one copy of the bytes on the device while they stay usable on their own.
+        GGUF rows are whole blocks and every packed plane has one row per output, so stacking rows stacks the
+        weights. Re-pointing the originals at slices keeps one copy of the bytes on the device while they stay
+        usable on their own.
         """
         first = linears[0]
         for linear in linears[1:]:
             if not first.can_fuse(linear):
                 raise ValueError(f"QuantLinear.fuse: {linear!r} does not fit {first!r}")
-        raw, bias = stack_rows(linears, "raw")
-        offset = int(raw.shape[0])
-        return cls(raw, first.qtype, (offset, first.in_features), bias, first.dtype)
+        if first.packed is None:
+            raw, bias = stack_rows(linears, "raw")
+            return cls(raw, first.qtype, (int(raw.shape[0]), first.in_features), bias, first.dtype)
+        packed = PackedWeight.cat([linear.packed for linear in linears if linear.packed is not None])
+        bias = _stack_biases(linears)
+        offset = 0
+        for linear in linears:
+            stop = offset + linear.out_features
+            linear.packed = packed.rows(offset, stop)
+            if linear.bias is not None and bias is not None:
+                linear.bias = bias[offset:stop]
+            offset = stop
+        return cls.from_packed(packed, bias, first.dtype)
+
+
+def _stack_biases(linears: Sequence[QuantLinear]) -> torch.Tensor | None:
+    """The layers' biases concatenated, exact zeros for those without one; None when none has one."""
+    biases = [linear.bias for linear in linears if linear.bias is not None]
+    if not biases:
+        return None
+    like = biases[0]
+    return torch.cat(
+        [linear.bias if linear.bias is not None else like.new_zeros(linear.out_features) for linear in linears]
+    )
+
+
+def _dequantize_packed(packed: PackedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """Packed rows -> [rows, K] of ``dtype``: the Triton kernel where it runs, else the torch reference."""
+    if _triton_on(packed.device):
+        from rocmforge.kernels.triton.packed_matmul import dequantize_packed
+
+        return dequantize_packed(packed, dtype)
+    return packed.dequantize(dtype)
 
 
 def embedding_rows(
@@ -249,8 +377,7 @@ class QuantEmbedding:
         return torch.float32
 
     def __getitem__(self, token_ids: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        return embedding_rows(w.raw, w.qtype, w.in_features, token_ids, torch.float32)
+        return self.weight.lookup_rows(token_ids, torch.float32)
 
     def __repr__(self) -> str:
         return f"QuantEmbedding({self.weight!r})"

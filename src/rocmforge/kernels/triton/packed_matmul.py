@@ -1,0 +1,319 @@
+"""``x @ W.T`` for weights repacked at load (``rocmforge.layers.packed_weight``): dequantized tiles, ``tl.dot``.
+
+One kernel serves every M. A program owns ``BLOCK_N`` output features, ``BLOCK_M`` rows of x and a range of K
+(split-K): per step it loads one 256-value super-block of its rows (Q4_K, Q6_K) or ``KB`` 32-value blocks
+(Q8_0) from the planes as aligned, coalesced tiles, expands them to a ``[BLOCK_N, STEP]`` float32 tile in
+registers (shifts and one multiply-add per value; the scales are per row and sub-block), casts it to x's dtype
+and accumulates ``tile @ x_tile.T`` with ``tl.dot`` in float32. The weight is the dot's left operand, so the
+tile built in registers is the operand that may stay there and the tiny x is the one staged through shared
+memory; the accumulator is [BLOCK_N, BLOCK_M] and is stored transposed.
+
+Decode (small M) is bound by reading the weight once from HBM; its grid of ``N / BLOCK_N`` programs is too
+small to keep enough loads in flight on ~130 SMs, so K is split over several programs that write float32
+partial sums, and a second small kernel adds them up in a fixed order (deterministic, no atomics, no zero-init)
+and casts to the output dtype. Every launch has static shapes and no host sync: CUDA-graph capturable.
+
+float32 activations: ``tl.dot`` with ``input_precision`` "ieee" would run on CUDA cores (16x the FMAs of a
+GEMV at BLOCK_M = 16); on the GPU it uses "tf32x3" instead (three tensor-core products, error ~1e-7
+relative), and the interpreter multiplies exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from gguf.constants import GGMLQuantizationType
+
+from rocmforge.layers.packed_weight import PACKED_TYPES, PackedWeight
+
+__all__ = ["KernelConfig", "dequantize_packed", "kernel_config", "packed_matmul"]
+
+_Q = GGMLQuantizationType
+
+Q4_K: tl.constexpr = tl.constexpr(12)
+Q6_K: tl.constexpr = tl.constexpr(14)
+Q8_0: tl.constexpr = tl.constexpr(8)
+
+
+@triton.jit
+def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, sb, K, BLOCK_N: tl.constexpr):
+    """Super-block ``sb`` of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, 256] float32, columns in element order."""
+    w = tl.arange(0, 32)
+    s = tl.arange(0, 8)
+    words = tl.load(qs_ptr + rows * (K // 8) + sb * 32 + w[None, :], mask=mask_n, other=0)  # [BN, 32]
+    sub = rows * (K // 32) + sb * 8 + s[None, :]  # [BN, 8]
+    sc = tl.load(sc_ptr + sub, mask=mask_n, other=0).to(tl.float32)
+    mn = tl.load(mn_ptr + sub, mask=mask_n, other=0).to(tl.float32)
+    d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)  # [BN, 1]
+    dmin = tl.load(dmin_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
+    q = (words[:, None, :] >> (4 * s)[None, :, None]) & 0xF  # [BN, 8 (s), 32 (w)]: element 32s + w
+    # Exact int -> float in two cheap ops: 2**23 + q has q in its low mantissa bits.
+    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    val = qf * (d * sc)[:, :, None] - (dmin * mn)[:, :, None]
+    return tl.reshape(val, (BLOCK_N, 256))
+
+
+@triton.jit
+def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, sb, K, BLOCK_N: tl.constexpr):
+    """Super-block ``sb`` of ``rows``: [BLOCK_N, 256] float32. Axes (s, h, u): element 32s + 16h + u."""
+    s = tl.arange(0, 8)[None, :, None, None]
+    h = tl.arange(0, 2)[None, None, :, None]
+    u = tl.arange(0, 16)[None, None, None, :]
+    r4 = rows[:, :, None, None]
+    m4 = mask_n[:, :, None, None]
+    word = r4 * (K // 8) + sb * 32 + 16 * h + u  # [BN, 1, 2, 16]
+    ql = tl.load(ql_ptr + word, mask=m4, other=0)
+    qh = tl.load(qh_ptr + word, mask=m4, other=0).to(tl.int32)
+    sc = tl.load(sc_ptr + r4 * (K // 16) + sb * 16 + 2 * s + h, mask=m4, other=0).to(tl.float32)  # [BN, 8, 2, 1]
+    d = tl.load(d_ptr + r4 * (K // 256) + sb, mask=m4, other=0.0).to(tl.float32)
+    q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # [BN, 8, 2, 16], 0..63
+    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388640.0  # (2**23 + q) - (2**23 + 32) = q - 32
+    return tl.reshape((d * sc) * qf, (BLOCK_N, 256))
+
+
+@triton.jit
+def _q8_0_tile(qs_ptr, d_ptr, rows, mask_n, b0, K, BLOCK_N: tl.constexpr, KB: tl.constexpr):
+    """Blocks ``b0 .. b0 + KB`` of ``rows``: [BLOCK_N, KB * 32] float32 (zeros past K)."""
+    j = tl.arange(0, KB)[None, :, None]
+    e = tl.arange(0, 32)[None, None, :]
+    r3 = rows[:, :, None]
+    mask = mask_n[:, :, None] & (b0 + j < K // 32)
+    q = tl.load(qs_ptr + r3 * K + (b0 + j) * 32 + e, mask=mask, other=0).to(tl.float32)  # [BN, KB, 32]
+    d = tl.load(d_ptr + r3 * (K // 32) + b0 + j, mask=mask, other=0.0).to(tl.float32)  # [BN, KB, 1]
+    return tl.reshape(q * d, (BLOCK_N, KB * 32))
+
+
+@triton.jit
+def _tile(p0, p1, p2, p3, p4, rows, mask_n, step, K, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr):
+    """Step ``step`` of K (a super-block, or KB Q8_0 blocks) of ``rows``: [BLOCK_N, STEP] float32."""
+    if QTYPE == Q4_K:
+        return _q4_k_tile(p0, p1, p2, p3, p4, rows, mask_n, step, K, BLOCK_N)
+    elif QTYPE == Q6_K:
+        return _q6_k_tile(p0, p1, p2, p3, rows, mask_n, step, K, BLOCK_N)
+    else:
+        return _q8_0_tile(p0, p1, rows, mask_n, step * KB, K, BLOCK_N, KB)
+
+
+@triton.jit
+def _packed_matmul_kernel(
+    x_ptr,
+    out_ptr,
+    p0,
+    p1,
+    p2,
+    p3,
+    p4,
+    M,
+    N,
+    K,
+    stride_xm,
+    SPLIT_K,
+    QTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    KB: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    STEP: tl.constexpr = KB * 32 if QTYPE == Q8_0 else 256
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_n.to(tl.int64)[:, None]  # int64: 32000 rows x 4096 bytes of int8 approach 2**31
+    mask_n = (offs_n < N)[:, None]
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = (offs_m < M)[None, :]
+    x_cols = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm  # [1, BM]: x^T's columns
+    offs_k = tl.arange(0, STEP)[:, None]
+    n_steps = tl.cdiv(K, STEP)
+    per_split = tl.cdiv(n_steps, SPLIT_K)
+    start = pid_k * per_split
+    stop = tl.minimum(start + per_split, n_steps)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for i in range(start, stop):
+        w = _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE, BLOCK_N, KB)
+        ks = i * STEP + offs_k  # [STEP, 1]
+        xt = tl.load(x_cols + ks, mask=mask_m & (ks < K), other=0.0)  # [STEP, BM]
+        if xt.dtype == tl.float32:
+            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+        elif UPCAST:
+            # Triton's interpreter multiplies bfloat16 as its raw bits: round the tile to x's dtype, multiply in fp32.
+            acc = tl.dot(w.to(xt.dtype).to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w.to(xt.dtype), xt, acc)
+    # out (or this split's float32 partials) is [M, N] row-major: element (m, n) at m * N + n.
+    out = out_ptr + pid_k * M * N + offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_n & mask_m)
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = sum over s of part[s, i], in order s = 0, 1, ... (deterministic), cast to out's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dequant_kernel(out_ptr, p0, p1, p2, p3, p4, N, K, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr):
+    STEP: tl.constexpr = KB * 32 if QTYPE == Q8_0 else 256
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = offs_n.to(tl.int64)[:, None]
+    mask_n = (offs_n < N)[:, None]
+    step = tl.program_id(1)
+    w = _tile(p0, p1, p2, p3, p4, rows, mask_n, step, K, QTYPE, BLOCK_N, KB)
+    ks = step * STEP + tl.arange(0, STEP)[None, :]
+    tl.store(out_ptr + rows * K + ks, w.to(out_ptr.dtype.element_ty), mask=mask_n & (ks < K))
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch parameters; ``split_k`` 0 splits K until the grid has ``programs_per_sm`` programs per SM."""
+
+    block_n: int
+    block_m: int
+    num_warps: int
+    num_stages: int
+    split_k: int = 0
+    kb: int = 8  # Q8_0 blocks of 32 per K step (the K-quants step one 256-value super-block)
+    programs_per_sm: int = 4  # enough independent loads in flight to cover HBM latency
+
+
+# Per type, (largest M, config) in increasing M; the last entry serves every larger M. Tuned on an H100
+# (benchmarks/gpu_linear.py --sweep, BENCHMARKS.md "GPU quantized linear"): small M wants many programs with
+# a few KiB in flight each, large M the usual GEMM tiles.
+CONFIGS: dict[GGMLQuantizationType, tuple[tuple[int, KernelConfig], ...]] = {
+    _Q.Q4_K: (
+        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4)),
+        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3)),
+        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1)),
+    ),
+    _Q.Q6_K: (
+        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4)),
+        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3)),
+        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1)),
+    ),
+    _Q.Q8_0: (
+        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4, kb=8)),
+        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3, kb=4)),
+        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1, kb=2)),
+    ),
+}
+
+# Fewest K steps a split keeps (below that the partial sums cost more than the parallelism gains).
+MIN_STEPS_PER_SPLIT = 2
+# float32 activations on the GPU (see the module doc); the interpreter's dot is exact either way.
+FP32_PRECISION = "tf32x3"
+
+
+def kernel_config(qtype: GGMLQuantizationType, m: int) -> KernelConfig:
+    """The configured launch for ``qtype`` at M = ``m``."""
+    table = CONFIGS[GGMLQuantizationType(qtype)]
+    for max_m, config in table:
+        if m <= max_m:
+            return config
+    return table[-1][1]
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: a few splits, so that the CPU tests exercise split-K
+
+
+def _auto_split(programs: int, n_steps: int, per_sm: int, device: torch.device) -> int:
+    """A power-of-two split of K that brings the grid to ~``per_sm`` programs per SM."""
+    split = 1
+    target = per_sm * _num_sms(device)
+    while programs * split * 2 <= target and n_steps // (split * 2) >= MIN_STEPS_PER_SPLIT:
+        split *= 2
+    return split
+
+
+def _planes(weight: PackedWeight) -> tuple[torch.Tensor, ...]:
+    """The five plane arguments (contiguous; unused ones repeat the first)."""
+    planes = tuple(p.contiguous() for p in weight.planes)
+    return planes + (planes[0],) * (5 - len(planes))
+
+
+def _step(qtype: GGMLQuantizationType, config: KernelConfig) -> int:
+    return config.kb * 32 if qtype == _Q.Q8_0 else 256
+
+
+def packed_matmul(
+    x: torch.Tensor, weight: PackedWeight, out_dtype: torch.dtype | None = None, config: KernelConfig | None = None
+) -> torch.Tensor:
+    """``x @ W.T`` for x (M, K) float32/float16/bfloat16 on the weight's device -> (M, N) of ``out_dtype``.
+
+    The weight tile is cast to x's dtype before the product (float32 accumulation); float32 x stays float32
+    (tf32x3 on the GPU, see the module doc). ``config`` overrides :func:`kernel_config` (tests, benchmarks).
+
+    Raises:
+        ValueError: shapes, dtypes or devices do not fit.
+    """
+    n, k = weight.shape
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"packed_matmul: x of shape {tuple(x.shape)} does not match weight shape {(n, k)}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"packed_matmul: x must be float32, float16 or bfloat16, not {x.dtype}")
+    if x.device != weight.device:
+        raise ValueError(f"packed_matmul: x on {x.device}, weight on {weight.device}")
+    m = x.shape[0]
+    out_dtype = out_dtype or x.dtype
+    if m == 0:
+        return torch.empty((0, n), dtype=out_dtype, device=x.device)
+    config = config or kernel_config(weight.qtype, m)
+    grid_n, grid_m = triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m)
+    n_steps = triton.cdiv(k, _step(weight.qtype, config))
+    split = config.split_k or _auto_split(grid_n * grid_m, n_steps, config.programs_per_sm, x.device)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    out = torch.empty((m, n), dtype=out_dtype, device=x.device)
+    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    precision = FP32_PRECISION if x.device.type == "cuda" else "ieee"
+    _packed_matmul_kernel[(grid_n, grid_m, split)](
+        x,
+        target,
+        *_planes(weight),
+        m,
+        n,
+        k,
+        x.stride(0),
+        split,
+        QTYPE=int(weight.qtype.value),
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        KB=config.kb,
+        PRECISION=precision,
+        UPCAST=x.device.type != "cuda",
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    if split > 1:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(m * n, block),)](target, out, m * n, SPLIT_K=split, BLOCK=block)
+    return out
+
+
+def dequantize_packed(weight: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The [N, K] weight in ``dtype``, dequantized by a Triton kernel (float32: the exact GGUF values)."""
+    if weight.qtype not in PACKED_TYPES:
+        raise ValueError(f"dequantize_packed: {weight.qtype.name} is not packed")
+    n, k = weight.shape
+    out = torch.empty((n, k), dtype=dtype, device=weight.device)
+    if n == 0:
+        return out
+    kb, block_n = 8, 32
+    step = kb * 32 if weight.qtype == _Q.Q8_0 else 256
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, step))
+    _dequant_kernel[grid](out, *_planes(weight), n, k, QTYPE=int(weight.qtype.value), BLOCK_N=block_n, KB=kb)
+    return out
