@@ -5,10 +5,11 @@ For each weight scheme (Q4_K_M, Q8_0, F16 by default) the script writes a synthe
 
 * ``load``: GPU memory the weights take (``torch.cuda.memory_allocated`` after the load minus before) against the
   file size, and the load's peak.
-* ``direct``: the model's forward loop without the engine. Prefill = one ``forward`` over a ``--prompt-len``-token
-  prompt (median of ``--prefill-reps``); decode = ``--decode-steps`` greedy single-token steps after it, the argmax
-  fed back on the device, timed between two ``torch.cuda.synchronize`` calls. A warm-up (one prefill, a few decode
-  steps) runs first so that Triton's JIT compiles are excluded; its wall time is reported as ``warmup_s``.
+* ``direct``: the engine's ModelRunner without scheduler or sampler. Prefill = one eager step over a
+  ``--prompt-len``-token prompt (median of ``--prefill-reps``); decode = ``--decode-steps`` greedy single-token
+  steps after it, each replaying the runner's CUDA graph for batch 1 (``--eager``: op by op), the argmax read
+  back on the host as the engine's sampler does. A warm-up (one prefill, a few decode steps) runs first so that
+  Triton's JIT compiles are excluded; its wall time is reported as ``warmup_s``, the graph capture's beside it.
 * ``engine``: the same through ``LLM(..., EngineConfig(device="cuda", max_num_seqs=1))`` — one warm-up request,
   then one timed request of the same prompt length (another prompt: no prefix-cache hit), greedy, ignore_eos.
   Prefill tok/s = prompt tokens / TTFT; decode tok/s = (output tokens - 1) / (finish - first token).
@@ -16,7 +17,8 @@ For each weight scheme (Q4_K_M, Q8_0, F16 by default) the script writes a synthe
   the output matrix, counted from the loaded model's tensors; the embedding row and norms are negligible and left
   out); roofline tok/s = the device-to-device copy bandwidth measured in the same run (1 GiB, (read + written) /
   time, ``benchmarks/gpu_common.py``'s helper) / those bytes. Decode tok/s is printed as a fraction of it.
-  The KV cache a step also reads (float32, at the mean decode position) is printed beside it, not counted in.
+  The KV cache a step also reads (in the activation dtype, at the mean decode position) is printed beside it,
+  not counted in.
 
 One profiling pass (``--profile-quant``, Q4_K_M by default) records ``--profile-steps`` decode steps with
 ``torch.profiler`` (CPU + CUDA) and prints the top ops by device and by CPU time, the launches and host syncs per
@@ -56,14 +58,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.g
 from rocmforge.bench.workload import random_prompts, sampleable_token_ids
 from rocmforge.engine.config import EngineConfig
 from rocmforge.engine.llm import LLM
+from rocmforge.engine.model_runner import ModelRunner
+from rocmforge.engine.scheduler_output import ScheduledRequest, SchedulerOutput
 from rocmforge.layers.linear import Linear
 from rocmforge.layers.quant_linear import QuantLinear
 from rocmforge.models.decoder import DecoderModel
-from rocmforge.models.kv_cache import PagedKVCache
 from rocmforge.models.loader import load_model_and_tokenizer
 from rocmforge.sampling_params import SamplingParams
 
 QUANTS = ("q4_k_m", "q8_0", "f16")
+GREEDY = SamplingParams(temperature=0.0)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Profiler event names that block the host until the device catches up (or copy through pageable memory, which
 # waits for the stream before it starts).
@@ -179,52 +183,63 @@ def copy_bandwidth(device: torch.device) -> float:
 # ----------------------------------------------------------------------------------------------- timing
 
 
-def prefill(model: DecoderModel, cache: PagedKVCache, prompt: torch.Tensor) -> torch.Tensor:
-    """Logits [1, vocab] of the prompt's last token, the prompt's K/V written from position 0."""
-    return model.forward(prompt, 0, cache)
+class RunnerDecoder:
+    """One sequence through the engine's ModelRunner, without scheduler or sampler: an eager prefill, then
+    single-token decode steps that replay its CUDA graph for batch 1 (eager steps with ``--eager``). The greedy
+    token goes back through the host, as in the engine (its sampler reads every step's logits)."""
 
+    def __init__(self, model: DecoderModel, max_len: int, eager: bool, block_size: int = 16) -> None:
+        num_blocks = -(-max_len // block_size)
+        self.runner = ModelRunner(model, num_blocks, block_size, None if eager else 1, max_len)
+        self.table = tuple(range(num_blocks))
+        self.runner.warm_up()  # captures the graph
 
-def decode_steps(
-    model: DecoderModel, cache: PagedKVCache, token: torch.Tensor, start_pos: int, steps: int
-) -> torch.Tensor:
-    """``steps`` greedy single-token steps from ``start_pos``; the argmax stays on the device. The last token."""
-    for i in range(steps):
-        logits = model.forward(token, start_pos + i, cache)
-        token = logits.argmax(dim=-1)
-    return token
+    def _step(self, token_ids: list[int], start: int) -> torch.Tensor:
+        item = ScheduledRequest("bench", tuple(token_ids), start, self.table, len(token_ids) > 1, True, GREEDY)
+        return self.runner.execute(SchedulerOutput((item,)), {}).logits
+
+    def prefill(self, prompt: list[int]) -> int:
+        """The prompt's K/V written from position 0; its greedy next token."""
+        return int(self._step(prompt, 0).argmax(dim=-1).item())
+
+    def decode(self, token: int, start_pos: int, steps: int) -> int:
+        """``steps`` greedy steps from ``start_pos``; the last token."""
+        for i in range(steps):
+            token = int(self._step([token], start_pos + i).argmax(dim=-1).item())
+        return token
+
+    def release(self) -> None:
+        self.runner.release()
 
 
 def time_direct(
     model: DecoderModel, prompt: list[int], args: argparse.Namespace, device: torch.device
-) -> tuple[dict[str, Any], PagedKVCache, torch.Tensor]:
+) -> tuple[dict[str, Any], RunnerDecoder, int]:
     n = len(prompt)
-    cache = model.new_kv_cache(n + args.warmup_steps + args.decode_steps + args.profile_steps + 8)
-    ids = torch.tensor(prompt, dtype=torch.long, device=device)
     start = time.perf_counter()
-    first = prefill(model, cache, ids).argmax(dim=-1)
+    decoder = RunnerDecoder(model, n + args.warmup_steps + args.decode_steps + args.profile_steps + 8, args.eager)
     sync(device)
+    capture_s = time.perf_counter() - start
+    start = time.perf_counter()
+    first = decoder.prefill(prompt)
     first_prefill_s = time.perf_counter() - start
-    decode_steps(model, cache, first, n, args.warmup_steps)
+    decoder.decode(first, n, args.warmup_steps)
     sync(device)
     warmup_s = time.perf_counter() - start
-
     prefill_samples = []
     for _ in range(args.prefill_reps):
         sync(device)
         start = time.perf_counter()
-        logits = prefill(model, cache, ids)
-        sync(device)
+        token = decoder.prefill(prompt)
         prefill_samples.append(time.perf_counter() - start)
-    token = logits.argmax(dim=-1)
-
     sync(device)
     start = time.perf_counter()
-    last = decode_steps(model, cache, token, n, args.decode_steps)
-    enqueued = time.perf_counter() - start
-    sync(device)
+    last = decoder.decode(token, n, args.decode_steps)
     decode_s = time.perf_counter() - start
     prefill_s = statistics.median(prefill_samples)
     result = {
+        "graphs": not args.eager,
+        "warm_up_and_capture_s": capture_s,
         "first_prefill_s": first_prefill_s,
         "warmup_s": warmup_s,
         "prefill_s": prefill_samples,
@@ -233,9 +248,8 @@ def time_direct(
         "decode_s": decode_s,
         "decode_tps": args.decode_steps / decode_s,
         "decode_ms_per_step": decode_s / args.decode_steps * 1e3,
-        "host_enqueue_ms_per_step": enqueued / args.decode_steps * 1e3,
     }
-    return result, cache, last
+    return result, decoder, last
 
 
 def time_engine(path: Path, prompts: list[list[int]], args: argparse.Namespace) -> dict[str, Any]:
@@ -298,9 +312,8 @@ def _table(rows: list[Any], key: Callable[[Any], float], steps: int, limit: int)
 
 
 def profile_decode(
-    model: DecoderModel,
-    cache: PagedKVCache,
-    token: torch.Tensor,
+    decoder: RunnerDecoder,
+    token: int,
     start_pos: int,
     steps: int,
     device: torch.device,
@@ -310,11 +323,11 @@ def profile_decode(
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    decode_steps(model, cache, token, start_pos, 1)  # nothing left to compile inside the trace
+    decoder.decode(token, start_pos, 1)  # nothing left to compile inside the trace
     sync(device)
     with profile(activities=activities) as prof:
         start = time.perf_counter()
-        decode_steps(model, cache, token, start_pos, steps)
+        decoder.decode(token, start_pos, steps)
         sync(device)
         wall_s = time.perf_counter() - start
     averages = list(prof.key_averages())
@@ -408,25 +421,27 @@ def run_quant(
         f"tok/s; KV read/token at pos {mid}: {row['kv_bytes_per_token_mid'] / 1e6:.0f} MB; load {row['load_s']:.1f} s"
     )
     with stage(f"{quant} direct"):
-        direct, cache, last = time_direct(model, prompts[0], args, device)
+        direct, decoder, last = time_direct(model, prompts[0], args, device)
     direct["decode_roof_fraction"] = direct["decode_tps"] / row["roofline_tps"]
     row["direct"] = direct
     log(
         f"{quant} direct: warm-up (JIT) {direct['warmup_s']:.1f} s; prefill {direct['prefill_tps']:.0f} tok/s; "
         f"decode {direct['decode_tps']:.2f} tok/s = {direct['decode_roof_fraction']:.1%} of roofline "
-        f"({direct['decode_ms_per_step']:.2f} ms/step, host enqueue {direct['host_enqueue_ms_per_step']:.2f} ms/step)"
+        f"({direct['decode_ms_per_step']:.2f} ms/step, CUDA graphs: {direct['graphs']}, warm-up + capture "
+        f"{direct['warm_up_and_capture_s']:.1f} s)"
     )
     if quant == args.profile_quant and args.profile_steps > 0:
         with stage(f"{quant} profile"):
             pos = args.prompt_len + args.decode_steps
-            prof = profile_decode(model, cache, last, pos, args.profile_steps, device, direct["decode_ms_per_step"])
+            prof = profile_decode(decoder, last, pos, args.profile_steps, device, direct["decode_ms_per_step"])
         row["profile"] = prof
         log(f"{quant} profile, {prof['steps']} decode steps:")
         for key in ("top_by_device", "top_by_cpu", "top_kernels"):
             log(f" {key}:\n{prof[key]}")
         summary = {k: v for k, v in prof.items() if not k.startswith("top_")}
         log(f" summary: {json.dumps(summary, indent=1)}")
-    del model, cache, last, tokenizer
+    decoder.release()
+    del model, decoder, tokenizer
     free(device)
     if not args.no_engine:
         row["synth_running_during_engine"] = synth.running()
@@ -504,6 +519,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--decode-steps", type=int, default=64)
     parser.add_argument("--engine-tokens", type=int, default=64)
     parser.add_argument("--no-engine", action="store_true")
+    parser.add_argument("--eager", action="store_true", help="direct decode steps op by op, not CUDA graphs")
     parser.add_argument("--profile-quant", default="q4_k_m", choices=QUANTS)
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--json", help="write the results here (rewritten after every model)")
