@@ -54,16 +54,30 @@ L2_FLUSH_BYTES = 3 * 50 * 2**20
 KC = pm.KernelConfig
 
 
-def candidates(bucket: int, qtype: GGMLQuantizationType) -> list[pm.KernelConfig]:
-    """Kernel configurations the sweep times for M bucket ``bucket`` (16: M <= 16, 64, 512)."""
+def candidates(bucket: int) -> list[pm.KernelConfig]:
+    """Kernel configurations the sweep times for an M bucket: 1 (GEMV), 16 (M <= 16), 64, 512 (larger M)."""
+    if bucket == 1:
+        shapes = [(16, 4, 4), (16, 4, 8), (32, 4, 4), (32, 4, 8), (32, 8, 8), (64, 8, 4), (64, 4, 2)]
+        return [
+            KC(bn, 1, w, s, kb=kb, programs_per_sm=p) for bn, w, kb in shapes for s in (2, 3, 4) for p in (2, 4, 8, 16)
+        ]
     if bucket == 16:
-        shapes = [(16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)]
-        return [KC(bn, 16, w, s, programs_per_sm=p) for bn, w in shapes for s in (2, 3, 4) for p in (2, 4, 8, 16)]
+        shapes = [(16, 2, 8), (16, 4, 8), (32, 4, 8), (32, 4, 4), (32, 8, 8), (64, 4, 4), (64, 8, 8)]
+        return [
+            KC(bn, 16, w, s, kb=kb, programs_per_sm=p) for bn, w, kb in shapes for s in (2, 3, 4) for p in (2, 4, 8, 16)
+        ]
     if bucket == 64:
         shapes = [(32, 32, 4), (32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (64, 128, 8)]
         return [KC(bn, bm, w, 3, programs_per_sm=p, kb=4) for bm, bn, w in shapes for p in (2, 4)]
-    shapes = [(128, 128, 8, 3), (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 4, 3)]
-    return [KC(bn, bm, w, s, split_k=1, kb=2) for bm, bn, w, s in shapes]
+    shapes = [(128, 128, 8, 3, 2), (128, 128, 8, 3, 4), (64, 128, 4, 3, 2), (128, 64, 4, 3, 2), (64, 64, 4, 4, 4)]
+    shapes += [(128, 128, 4, 3, 2), (128, 256, 8, 3, 2)]
+    return [KC(bn, bm, w, s, split_k=1, kb=kb) for bm, bn, w, s, kb in shapes]
+
+
+# (M timed, candidate buckets) of the sweep; the chosen configs of table bucket b minimize the summed time of the
+# sweep rows that name b.
+SWEEP_MS: list[tuple[int, tuple[int, ...]]] = [(1, (1, 16)), (4, (16,)), (16, (16,)), (64, (64,)), (512, (512,))]
+TABLE_BUCKETS = {1: (1,), 16: (4, 16), 64: (64,), 1 << 30: (512,)}
 
 
 def num_copies(nbytes: int) -> int:
@@ -155,47 +169,60 @@ def report(rows: list[Row], copy_gbs: float) -> None:
 
 
 def sweep(args: argparse.Namespace, gen: torch.Generator) -> None:
-    """Time every candidate configuration on SWEEP_SHAPES; print the best per (type, M) by summed time."""
+    """Time the candidates on SWEEP_SHAPES; print the best per (type, M) and install them in ``pm.CONFIGS``."""
     for qtype in PACKED:
         totals: dict[tuple[int, pm.KernelConfig], float] = {}
+        failed = 0
         for n, k in SWEEP_SHAPES:
             raw = random_raw(qtype, n, k, gen)
             packs = [QuantLinear(raw.clone(), qtype, (n, k)).packed for _ in range(num_copies(raw.numel()))]
-            for m, bucket in ((1, 16), (16, 16), (64, 64), (512, 512)):
+            for m, buckets in SWEEP_MS:
                 x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-                for c in candidates(bucket, qtype):
+                for c in [c for b in buckets for c in candidates(b)]:
 
                     def call(i: int, c: pm.KernelConfig = c, x: torch.Tensor = x, packs: list = packs) -> torch.Tensor:
                         return pm.packed_matmul(x, packs[i % len(packs)], config=c)
 
-                    us = time_us(call, args.inner, args.reps)
+                    try:
+                        us = time_us(call, args.inner, args.reps)
+                    except Exception as exc:  # a candidate that does not compile or fit is only skipped
+                        failed += 1
+                        print(f"SWEEP {qtype.name} skip {c}: {type(exc).__name__}", flush=True)
+                        us = float("inf")
                     totals[(m, c)] = totals.get((m, c), 0.0) + us
             del packs
-        for m in (1, 16, 64, 512):
-            ranked = sorted((us, c) for (mm, c), us in totals.items() if mm == m)
-            print(f"SWEEP {qtype.name} M={m}: " + " ; ".join(f"{us:.1f} {c}" for us, c in ranked[:4]), flush=True)
-        # The small-M config must serve M = 1 and 16 alike: rank by their sum too.
-        both = sorted((totals[(1, c)] + totals[(16, c)], c) for (mm, c) in totals if mm == 1)
-        print(f"SWEEP {qtype.name} M=1+16: " + " ; ".join(f"{us:.1f} {c}" for us, c in both[:4]), flush=True)
+        table = []
+        for max_m, ms in TABLE_BUCKETS.items():
+            summed: dict[pm.KernelConfig, float] = {}
+            for (m, c), us in totals.items():
+                if m in ms:
+                    summed[c] = summed.get(c, 0.0) + us
+            ranked = sorted(summed.items(), key=lambda t: t[1])
+            print(f"SWEEP {qtype.name} M in {ms}: " + " ; ".join(f"{us:.1f} {c}" for c, us in ranked[:3]), flush=True)
+            table.append((max_m, ranked[0][0]))
+        pm.CONFIGS[qtype] = tuple(table)
+        print(f"CHOSEN {qtype.name}: {table} ({failed} candidates failed)", flush=True)
 
 
 def warm(part: int, parts: int, with_sweep: bool) -> None:
-    """Compile this process's share of the kernels the run will launch (specializations: M == 1, split == 1)."""
+    """Compile this process's share of the packed kernels the run will launch."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     jobs: list[tuple[GGMLQuantizationType, int, pm.KernelConfig | None, torch.dtype]] = []
     for qtype in PACKED:
         for m in MS:
             jobs += [(qtype, m, None, torch.bfloat16)] + ([(qtype, m, None, torch.float32)] if m <= 16 else [])
         if with_sweep:
-            for m, bucket in ((1, 16), (16, 16), (64, 64), (512, 512)):
-                jobs += [(qtype, m, c, torch.bfloat16) for c in candidates(bucket, qtype)]
+            jobs += [(qtype, m, c, torch.bfloat16) for m, buckets in SWEEP_MS for b in buckets for c in candidates(b)]
+    # One job per compiled kernel: M and the split are runtime arguments, programs_per_sm only sets the split.
+    unique = {(q, dataclasses.replace(c, programs_per_sm=4) if c else None, d): m for q, m, c, d in jobs}
+    jobs = [(q, m, c, d) for (q, c, d), m in unique.items()]
     layers = {q: QuantLinear(random_raw(q, 4096, 4096, gen), q, (4096, 4096)) for q in PACKED}
     for qtype, m, c, dtype in jobs[part::parts]:
         x = torch.randn(m, 4096, device="cuda", dtype=dtype)
-        packed = layers[qtype].packed
-        pm.packed_matmul(x, packed, config=c)
-        if c is not None and c.split_k == 0:
-            pm.packed_matmul(x, packed, config=dataclasses.replace(c, split_k=1))
+        try:
+            pm.packed_matmul(x, layers[qtype].packed, config=c)
+        except Exception as exc:  # reported again by the sweep
+            print(f"warm: {c}: {type(exc).__name__}", flush=True)
     for layer in layers.values():
         layer.dequantize_weight(0, 1024, torch.bfloat16)
     torch.cuda.synchronize()
@@ -209,6 +236,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="time the candidate kernel configurations first")
     parser.add_argument("--no-table", action="store_true", help="skip the main table")
     parser.add_argument("--warm", type=int, default=0, help="compile first in this many parallel processes")
+    parser.add_argument("--warm-only", action="store_true", help="only compile (with --warm)")
     parser.add_argument("--warm-part", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_part:
@@ -222,6 +250,8 @@ def main() -> None:
         ]
         for proc in procs:
             proc.wait()
+        if args.warm_only:
+            return
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     gen = torch.Generator(device="cuda").manual_seed(0)
     if args.sweep:

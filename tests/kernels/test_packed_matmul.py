@@ -73,15 +73,33 @@ def test_matches_reference(qtype: GGMLQuantizationType, m: int, device: torch.de
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("split_k", [1, 2, 3])
-def test_split_k(qtype: GGMLQuantizationType, split_k: int, device: torch.device) -> None:
-    # K = 768 / 1024: 3-4 steps, so split 3 leaves some program with one step or none (it writes zeros).
-    n, k = 24, 768 if qtype != Q.Q8_0 else 1024
+@pytest.mark.parametrize(("block_m", "kb", "split_k"), [(1, 2, 1), (1, 4, 3), (16, 2, 2), (16, 4, 3), (16, 8, 1)])
+def test_tiles_and_split_k(
+    qtype: GGMLQuantizationType, block_m: int, kb: int, split_k: int, device: torch.device
+) -> None:
+    # K = 768: 3 super-blocks; split 3 of few steps leaves some program one step or none (it writes zeros).
+    n, k = 24, 768
     raw = random_raw(qtype, n, k, seed=split_k)
     x = torch.randn(2, k, generator=torch.Generator().manual_seed(split_k))
-    config = KernelConfig(block_n=16, block_m=16, num_warps=4, num_stages=2, split_k=split_k, kb=4)
+    config = KernelConfig(block_n=16, block_m=block_m, num_warps=4, num_stages=2, split_k=split_k, kb=kb)
     out = packed_matmul(x.to(device), pack(raw.to(device), qtype, (n, k)), config=config)
     assert_within(out, x, raw, qtype, RTOL_FP32)
+
+
+def test_configs_shrink_to_fit_shared_memory() -> None:
+    from rocmforge.kernels.triton.packed_matmul import _fitted
+
+    big = KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=4, kb=8)
+    assert _fitted(Q.Q4_K, big, 2, 1 << 30) == big
+    fitted = _fitted(Q.Q4_K, big, 2, 160 * 1024)
+    assert fitted.num_stages == 2 and fitted.kb == 4
+    assert _fitted(Q.Q4_K, big, 2, 1).kb == 2  # never below one 64-value step
+    with pytest.raises(ValueError, match="sub-blocks"):
+        packed_matmul(
+            torch.zeros(1, 256),
+            pack(random_raw(Q.Q4_K, 4, 256, 0), Q.Q4_K, (4, 256)),
+            config=KernelConfig(16, 16, 4, 2, kb=16),
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -123,7 +141,7 @@ def test_config_table_covers_every_m() -> None:
     for qtype in TYPES:
         for m in (1, 16, 17, 64, 65, 512, 100_000):
             config = kernel_config(qtype, m)
-            assert config.block_m >= 16 and config.block_n >= 16  # tl.dot's smallest tile
+            assert config.block_n >= 16 and (config.block_m >= 16 or config.block_m == 1 == m)  # tl.dot's smallest
 
 
 # -- QuantLinear on packed weights ---------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """``x @ W.T`` for weights repacked at load (``rocmforge.layers.packed_weight``): dequantized tiles, ``tl.dot``.
 
 One kernel serves every M. A program owns ``BLOCK_N`` output features, ``BLOCK_M`` rows of x and a range of K
-(split-K): per step it loads one 256-value super-block of its rows (Q4_K, Q6_K) or ``KB`` 32-value blocks
-(Q8_0) from the planes as aligned, coalesced tiles, expands them to a ``[BLOCK_N, STEP]`` float32 tile in
+(split-K): per step it loads ``KB`` groups of 32 values of its rows (sub-blocks of a Q4_K/Q6_K super-block, Q8_0
+blocks) from the planes as aligned, coalesced tiles, expands them to a ``[BLOCK_N, KB * 32]`` float32 tile in
 registers (shifts and one multiply-add per value; the scales are per row and sub-block), casts it to x's dtype
 and accumulates ``tile @ x_tile.T`` with ``tl.dot`` in float32. The weight is the dot's left operand, so the
 tile built in registers is the operand that may stay there and the tiny x is the one staged through shared
-memory; the accumulator is [BLOCK_N, BLOCK_M] and is stored transposed.
+memory; the accumulator is [BLOCK_N, BLOCK_M] and is stored transposed. ``BLOCK_M = 1`` (M = 1, single-stream
+decode) is a GEMV instead: one FMA per weight value on CUDA cores, no tensor-core padding of M to 16 and no
+shared-memory round trip of the tile.
 
 Decode (small M) is bound by reading the weight once from HBM; its grid of ``N / BLOCK_N`` programs is too
 small to keep enough loads in flight on ~130 SMs, so K is split over several programs that write float32
@@ -20,6 +22,7 @@ relative), and the interpreter multiplies exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -40,27 +43,30 @@ Q8_0: tl.constexpr = tl.constexpr(8)
 
 
 @triton.jit
-def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, sb, K, BLOCK_N: tl.constexpr):
-    """Super-block ``sb`` of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, 256] float32, columns in element order."""
+def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
+    """K step ``i`` (SUBS sub-blocks of 32) of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, SUBS * 32] float32."""
+    sb = i // (8 // SUBS)  # super-block
+    s = (i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS)  # its sub-blocks
     w = tl.arange(0, 32)
-    s = tl.arange(0, 8)
+    # The 32 words hold all 8 sub-blocks; a step of fewer re-reads them (from L1/L2) to keep its tiles small.
     words = tl.load(qs_ptr + rows * (K // 8) + sb * 32 + w[None, :], mask=mask_n, other=0)  # [BN, 32]
-    sub = rows * (K // 32) + sb * 8 + s[None, :]  # [BN, 8]
+    sub = rows * (K // 32) + sb * 8 + s[None, :]  # [BN, SUBS]
     sc = tl.load(sc_ptr + sub, mask=mask_n, other=0).to(tl.float32)
     mn = tl.load(mn_ptr + sub, mask=mask_n, other=0).to(tl.float32)
     d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)  # [BN, 1]
     dmin = tl.load(dmin_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
-    q = (words[:, None, :] >> (4 * s)[None, :, None]) & 0xF  # [BN, 8 (s), 32 (w)]: element 32s + w
+    q = (words[:, None, :] >> (4 * s)[None, :, None]) & 0xF  # [BN, SUBS, 32 (w)]: element 32s + w
     # Exact int -> float in two cheap ops: 2**23 + q has q in its low mantissa bits.
     qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
     val = qf * (d * sc)[:, :, None] - (dmin * mn)[:, :, None]
-    return tl.reshape(val, (BLOCK_N, 256))
+    return tl.reshape(val, (BLOCK_N, SUBS * 32))
 
 
 @triton.jit
-def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, sb, K, BLOCK_N: tl.constexpr):
-    """Super-block ``sb`` of ``rows``: [BLOCK_N, 256] float32. Axes (s, h, u): element 32s + 16h + u."""
-    s = tl.arange(0, 8)[None, :, None, None]
+def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
+    """K step ``i`` of ``rows``: [BLOCK_N, SUBS * 32] float32. Axes (s, h, u): element 32s + 16h + u."""
+    sb = i // (8 // SUBS)
+    s = ((i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS))[None, :, None, None]
     h = tl.arange(0, 2)[None, None, :, None]
     u = tl.arange(0, 16)[None, None, None, :]
     r4 = rows[:, :, None, None]
@@ -68,37 +74,38 @@ def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, sb, K, BLOCK_N: tl.c
     word = r4 * (K // 8) + sb * 32 + 16 * h + u  # [BN, 1, 2, 16]
     ql = tl.load(ql_ptr + word, mask=m4, other=0)
     qh = tl.load(qh_ptr + word, mask=m4, other=0).to(tl.int32)
-    sc = tl.load(sc_ptr + r4 * (K // 16) + sb * 16 + 2 * s + h, mask=m4, other=0).to(tl.float32)  # [BN, 8, 2, 1]
+    sc = tl.load(sc_ptr + r4 * (K // 16) + sb * 16 + 2 * s + h, mask=m4, other=0).to(tl.float32)  # [BN, SUBS, 2, 1]
     d = tl.load(d_ptr + r4 * (K // 256) + sb, mask=m4, other=0.0).to(tl.float32)
-    q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # [BN, 8, 2, 16], 0..63
+    q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # [BN, SUBS, 2, 16], 0..63
     qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388640.0  # (2**23 + q) - (2**23 + 32) = q - 32
-    return tl.reshape((d * sc) * qf, (BLOCK_N, 256))
+    return tl.reshape((d * sc) * qf, (BLOCK_N, SUBS * 32))
 
 
 @triton.jit
-def _q8_0_tile(qs_ptr, d_ptr, rows, mask_n, b0, K, BLOCK_N: tl.constexpr, KB: tl.constexpr):
-    """Blocks ``b0 .. b0 + KB`` of ``rows``: [BLOCK_N, KB * 32] float32 (zeros past K)."""
-    j = tl.arange(0, KB)[None, :, None]
+def _q8_0_tile(qs_ptr, d_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, KB: tl.constexpr):
+    """Blocks ``KB * i .. KB * i + KB`` of ``rows``: [BLOCK_N, KB * 32] float32 (zeros past K)."""
+    b = (i * KB + tl.arange(0, KB))[None, :, None]
     e = tl.arange(0, 32)[None, None, :]
     r3 = rows[:, :, None]
-    mask = mask_n[:, :, None] & (b0 + j < K // 32)
-    q = tl.load(qs_ptr + r3 * K + (b0 + j) * 32 + e, mask=mask, other=0).to(tl.float32)  # [BN, KB, 32]
-    d = tl.load(d_ptr + r3 * (K // 32) + b0 + j, mask=mask, other=0.0).to(tl.float32)  # [BN, KB, 1]
+    mask = mask_n[:, :, None] & (b < K // 32)
+    q = tl.load(qs_ptr + r3 * K + b * 32 + e, mask=mask, other=0).to(tl.float32)  # [BN, KB, 32]
+    d = tl.load(d_ptr + r3 * (K // 32) + b, mask=mask, other=0.0).to(tl.float32)  # [BN, KB, 1]
     return tl.reshape(q * d, (BLOCK_N, KB * 32))
 
 
 @triton.jit
-def _tile(p0, p1, p2, p3, p4, rows, mask_n, step, K, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr):
-    """Step ``step`` of K (a super-block, or KB Q8_0 blocks) of ``rows``: [BLOCK_N, STEP] float32."""
+def _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr):
+    """K step ``i`` (KB groups of 32 values) of ``rows``: [BLOCK_N, KB * 32] float32."""
     if QTYPE == Q4_K:
-        return _q4_k_tile(p0, p1, p2, p3, p4, rows, mask_n, step, K, BLOCK_N)
+        return _q4_k_tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, BLOCK_N, KB)
     elif QTYPE == Q6_K:
-        return _q6_k_tile(p0, p1, p2, p3, rows, mask_n, step, K, BLOCK_N)
+        return _q6_k_tile(p0, p1, p2, p3, rows, mask_n, i, K, BLOCK_N, KB)
     else:
-        return _q8_0_tile(p0, p1, rows, mask_n, step * KB, K, BLOCK_N, KB)
+        return _q8_0_tile(p0, p1, rows, mask_n, i, K, BLOCK_N, KB)
 
 
-@triton.jit
+# M and SPLIT_K vary per call: no recompile when they happen to equal 1 (Triton specializes such ints by default).
+@triton.jit(do_not_specialize=["M", "SPLIT_K"])
 def _packed_matmul_kernel(
     x_ptr,
     out_ptr,
@@ -119,7 +126,7 @@ def _packed_matmul_kernel(
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    STEP: tl.constexpr = KB * 32 if QTYPE == Q8_0 else 256
+    STEP: tl.constexpr = KB * 32
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -134,18 +141,30 @@ def _packed_matmul_kernel(
     per_split = tl.cdiv(n_steps, SPLIT_K)
     start = pid_k * per_split
     stop = tl.minimum(start + per_split, n_steps)
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for i in range(start, stop):
-        w = _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE, BLOCK_N, KB)
-        ks = i * STEP + offs_k  # [STEP, 1]
-        xt = tl.load(x_cols + ks, mask=mask_m & (ks < K), other=0.0)  # [STEP, BM]
-        if xt.dtype == tl.float32:
-            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
-        elif UPCAST:
-            # Triton's interpreter multiplies bfloat16 as its raw bits: round the tile to x's dtype, multiply in fp32.
-            acc = tl.dot(w.to(xt.dtype).to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(w.to(xt.dtype), xt, acc)
+    if BLOCK_M == 1:
+        # GEMV (one row of x): one FMA per weight value on CUDA cores, partial sums kept per column and reduced
+        # once at the end; no trip through shared memory for the tile, and float32 x stays exact.
+        acc_k = tl.zeros((BLOCK_N, STEP), dtype=tl.float32)
+        x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+        for i in range(start, stop):
+            w = _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE, BLOCK_N, KB)
+            ks = i * STEP + tl.arange(0, STEP)
+            xk = tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
+            acc_k += w * xk[None, :]
+        acc = tl.sum(acc_k, axis=1)[:, None]  # [BN, 1]
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for i in range(start, stop):
+            w = _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE, BLOCK_N, KB)
+            ks = i * STEP + offs_k  # [STEP, 1]
+            xt = tl.load(x_cols + ks, mask=mask_m & (ks < K), other=0.0)  # [STEP, BM]
+            if xt.dtype == tl.float32:
+                acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+            elif UPCAST:
+                # The interpreter multiplies bfloat16 as its raw bits: round the tile to x's dtype, then fp32.
+                acc = tl.dot(w.to(xt.dtype).to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(w.to(xt.dtype), xt, acc)
     # out (or this split's float32 partials) is [M, N] row-major: element (m, n) at m * N + n.
     out = out_ptr + pid_k * M * N + offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_n & mask_m)
@@ -164,7 +183,7 @@ def _sum_splits_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, BLOCK: tl.c
 
 @triton.jit
 def _dequant_kernel(out_ptr, p0, p1, p2, p3, p4, N, K, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, KB: tl.constexpr):
-    STEP: tl.constexpr = KB * 32 if QTYPE == Q8_0 else 256
+    STEP: tl.constexpr = KB * 32
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = offs_n.to(tl.int64)[:, None]
     mask_n = (offs_n < N)[:, None]
@@ -183,7 +202,7 @@ class KernelConfig:
     num_warps: int
     num_stages: int
     split_k: int = 0
-    kb: int = 8  # Q8_0 blocks of 32 per K step (the K-quants step one 256-value super-block)
+    kb: int = 8  # groups of 32 values per K step: Q8_0 blocks, or Q4_K/Q6_K sub-blocks (2, 4 or 8)
     programs_per_sm: int = 4  # enough independent loads in flight to cover HBM latency
 
 
@@ -192,16 +211,19 @@ class KernelConfig:
 # a few KiB in flight each, large M the usual GEMM tiles.
 CONFIGS: dict[GGMLQuantizationType, tuple[tuple[int, KernelConfig], ...]] = {
     _Q.Q4_K: (
+        (1, KernelConfig(block_n=32, block_m=1, num_warps=4, num_stages=3, kb=4)),
         (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4)),
         (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3)),
         (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1)),
     ),
     _Q.Q6_K: (
+        (1, KernelConfig(block_n=32, block_m=1, num_warps=4, num_stages=3, kb=4)),
         (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4)),
         (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3)),
         (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1)),
     ),
     _Q.Q8_0: (
+        (1, KernelConfig(block_n=32, block_m=1, num_warps=4, num_stages=3, kb=4)),
         (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4, kb=8)),
         (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3, kb=4)),
         (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1, kb=2)),
@@ -245,8 +267,42 @@ def _planes(weight: PackedWeight) -> tuple[torch.Tensor, ...]:
     return planes + (planes[0],) * (5 - len(planes))
 
 
-def _step(qtype: GGMLQuantizationType, config: KernelConfig) -> int:
-    return config.kb * 32 if qtype == _Q.Q8_0 else 256
+# Weight bytes one row loads per K step of kb groups (the quant planes plus the scales).
+_ROW_STEP_BYTES = {
+    _Q.Q4_K: lambda kb: 128 + 2 * kb + 4,  # all 32 words of the super-block, whatever kb
+    _Q.Q6_K: lambda kb: 192 + 2 * kb + 2,
+    _Q.Q8_0: lambda kb: 34 * kb,
+}
+
+
+@functools.cache
+def _fitted(qtype: GGMLQuantizationType, config: KernelConfig, x_bytes: int, budget: int) -> KernelConfig:
+    """``config`` with fewer stages, then a shorter K step, until its shared memory fits ``budget`` bytes.
+
+    Estimate (matched Triton's reports on an H100 to within 3%): every stage buffers the x tile and the weight
+    loads, and the dequantized tile passes once through shared memory on its way to the dot operand layout
+    (float32 x: twice, tf32x3 splits it).
+    """
+
+    def need(c: KernelConfig) -> int:
+        x_tile = c.kb * 32 * c.block_m * x_bytes
+        w_tile = c.block_n * c.kb * 32 * x_bytes * (2 if x_bytes == 4 else 1)
+        return c.num_stages * (x_tile + c.block_n * _ROW_STEP_BYTES[qtype](c.kb)) + w_tile
+
+    while need(config) > budget and config.num_stages > 2:
+        config = dataclasses.replace(config, num_stages=config.num_stages - 1)
+    while need(config) > budget and config.kb > 2:
+        config = dataclasses.replace(config, kb=config.kb // 2)
+    return config
+
+
+@functools.cache
+def _shared_budget(device: torch.device) -> int:
+    """Shared memory a program may use, with a margin for Triton's own scratch."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(0.85 * getattr(props, "shared_memory_per_block_optin", 96 * 1024))
+    return 1 << 30  # the interpreter has no such limit
 
 
 def packed_matmul(
@@ -272,8 +328,11 @@ def packed_matmul(
     if m == 0:
         return torch.empty((0, n), dtype=out_dtype, device=x.device)
     config = config or kernel_config(weight.qtype, m)
+    if weight.qtype != _Q.Q8_0 and config.kb not in (2, 4, 8):
+        raise ValueError(f"packed_matmul: {weight.qtype.name} steps 2, 4 or 8 sub-blocks, not kb = {config.kb}")
+    config = _fitted(weight.qtype, config, x.element_size(), _shared_budget(x.device))
     grid_n, grid_m = triton.cdiv(n, config.block_n), triton.cdiv(m, config.block_m)
-    n_steps = triton.cdiv(k, _step(weight.qtype, config))
+    n_steps = triton.cdiv(k, config.kb * 32)
     split = config.split_k or _auto_split(grid_n * grid_m, n_steps, config.programs_per_sm, x.device)
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -313,7 +372,6 @@ def dequantize_packed(weight: PackedWeight, dtype: torch.dtype = torch.float32) 
     if n == 0:
         return out
     kb, block_n = 8, 32
-    step = kb * 32 if weight.qtype == _Q.Q8_0 else 256
-    grid = (triton.cdiv(n, block_n), triton.cdiv(k, step))
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, kb * 32))
     _dequant_kernel[grid](out, *_planes(weight), n, k, QTYPE=int(weight.qtype.value), BLOCK_N=block_n, KB=kb)
     return out
