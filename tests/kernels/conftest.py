@@ -35,6 +35,7 @@ _KERNEL_MODULES = (
     "rocmforge.kernels.triton.packed_matmul",
     "rocmforge.kernels.triton.paged_attention",
     "rocmforge.kernels.triton.norm_rope",
+    "rocmforge.kernels.triton.rope_cache",
 )
 
 HAS_GPU = torch.cuda.is_available()

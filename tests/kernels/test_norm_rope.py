@@ -11,9 +11,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rocmforge.kernels.triton.norm_rope import gated_activation_triton, rms_norm_triton, rope_triton
+from rocmforge.kernels.triton.norm_rope import (
+    add_rms_norm_triton,
+    gated_activation_triton,
+    rms_norm_triton,
+    rope_triton,
+)
 from rocmforge.layers.activation import gated_activation
-from rocmforge.layers.norm import rms_norm
+from rocmforge.layers.norm import add_rms_norm, rms_norm
 from rocmforge.layers.rotary import RotaryEmbedding
 
 CPU = torch.device("cpu")
@@ -177,3 +182,30 @@ def test_gated_activation(activation: str, num_tokens: int, inter: int) -> None:
 @pytest.mark.parametrize(("num_tokens", "inter"), [(1, 11008), (64, 14336), (256, 2048)])
 def test_gpu_gated_activation_model_shapes(dtype: torch.dtype, activation: str, num_tokens: int, inter: int) -> None:
     _assert_gated_activation_matches(num_tokens, inter, activation, dtype)
+
+
+def _assert_add_rms_norm_matches(num_tokens: int, hidden: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(num_tokens + hidden)
+    delta = (torch.randn(num_tokens, hidden, generator=gen) * 2.0).to(dtype)
+    residual = (torch.randn(num_tokens, hidden, generator=gen) * 5.0).to(dtype)
+    weight = torch.randn(hidden, generator=gen)
+    expected_out, expected_sum = add_rms_norm(delta, residual, weight, EPS)  # CPU: the two torch ops
+    out, total = add_rms_norm_triton(delta.to(KERNEL_DEVICE), residual.to(KERNEL_DEVICE), weight.to(KERNEL_DEVICE), EPS)
+    assert out.dtype == total.dtype == dtype
+    # The sum is one rounding of the same float32 sum: equal. The norm: float32 reduction order only (bf16: the
+    # output rounding of values that differ in their last float32 bits).
+    torch.testing.assert_close(total.to(CPU), expected_sum, rtol=0, atol=0)
+    rtol, atol = (1e-5, 1e-5) if dtype == torch.float32 else (1e-2, 1e-2)
+    torch.testing.assert_close(out.to(CPU).float(), expected_out.float(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize(("num_tokens", "hidden"), [(1, 64), (3, 576), (2, 896)])
+def test_add_rms_norm(num_tokens: int, hidden: int) -> None:
+    _assert_add_rms_norm_matches(num_tokens, hidden, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("num_tokens", "hidden"), [(1, 4096), (64, 896), (256, 8192)])
+def test_gpu_add_rms_norm_model_shapes(dtype: torch.dtype, num_tokens: int, hidden: int) -> None:
+    _assert_add_rms_norm_matches(num_tokens, hidden, dtype)

@@ -12,6 +12,7 @@ import torch
 
 from rocmforge.config import RopeStyle
 from rocmforge.layers.gpu_kernels import fused_kernel_for
+from rocmforge.layers.paged_attention import store_kv
 
 
 class RotaryEmbedding:
@@ -59,3 +60,25 @@ class RotaryEmbedding:
             x0, x1 = rot[..., :half], rot[..., half:]
             out = torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
         return torch.cat((out.to(x.dtype), rest), dim=-1) if rest.numel() else out.to(x.dtype)
+
+    def apply_and_store(
+        self,
+        qk: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        num_heads: int,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rotate ``qk [T, H + KVH, D]`` (q heads, then k heads), write k and ``v`` to their cache ``slots``
+        (see :func:`~rocmforge.layers.paged_attention.store_kv`) and return the rotated q ``[T, H, D]``.
+
+        One Triton launch for decode-sized GPU steps; elsewhere :meth:`apply` and then ``store_kv``.
+        """
+        if (kernel := fused_kernel_for(qk, "rope_store_kv")) is not None:
+            return kernel(qk, v, cos, sin, num_heads, key_cache, value_cache, slots, self.rope_dim, self.style)
+        qk = self.apply(qk, cos, sin)
+        store_kv(key_cache, value_cache, qk[:, num_heads:], v, slots)
+        return qk[:, :num_heads]

@@ -14,8 +14,8 @@ import torch
 from rocmforge.config import ModelConfig
 from rocmforge.layers.activation import gated_activation
 from rocmforge.layers.linear import ConcatLinear, Linear, LinearLayer, stack_rows
-from rocmforge.layers.norm import rms_norm
-from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention, store_kv
+from rocmforge.layers.norm import add_rms_norm, rms_norm
+from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention
 from rocmforge.layers.quant_linear import QuantLinear
 from rocmforge.layers.rotary import RotaryEmbedding
 from rocmforge.models.kv_cache import PagedKVCache
@@ -180,9 +180,10 @@ class DecoderModel:
         h = w.embed_tokens[token_ids].to(self.dtype)
         if cfg.embedding_scale != 1.0:
             h = h * cfg.embedding_scale
+        # h is the residual stream; each residual add is fused with the norm that follows it (add_rms_norm).
+        x = rms_norm(h, w.layers[0].attn_norm, cfg.rms_norm_eps)
         for index, (layer, fused) in enumerate(zip(w.layers, self._fused, strict=True)):
             swa = cfg.sliding_window_layers[index]
-            x = rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
             qkv = fused.qkv_proj(x)
             # q and k side by side as [T, H + KVH, D]: their norms and RoPE run once for both.
             qk = qkv[:, : q_size + kv_size].view(num_tokens, num_qk_heads, cfg.head_dim)
@@ -190,22 +191,21 @@ class DecoderModel:
             if fused.qk_norm is not None:
                 qk = rms_norm(qk, fused.qk_norm, cfg.rms_norm_eps)
             cos, sin = rope_tables[swa]
-            qk = self._rope[swa].apply(qk, cos, sin)
-            q, k = qk[:, : cfg.num_heads], qk[:, cfg.num_heads :]
             key_cache, value_cache = cache.key_caches[index], cache.value_caches[index]
-            store_kv(key_cache, value_cache, k, v, metadata.slot_mapping)
+            q = self._rope[swa].apply_and_store(
+                qk, v, cos, sin, cfg.num_heads, key_cache, value_cache, metadata.slot_mapping
+            )
             attn = paged_attention(q, key_cache, value_cache, metadata, cfg.layer_window(index), cfg.attention_scale)
             attn = layer.o_proj(attn)
             if layer.post_attn_norm is not None:
                 attn = rms_norm(attn, layer.post_attn_norm, cfg.rms_norm_eps)
-            h = h + attn
-            x = rms_norm(h, layer.ffn_norm, cfg.rms_norm_eps)
+            x, h = add_rms_norm(attn, h, layer.ffn_norm, cfg.rms_norm_eps)
             gate, up = fused.gate_up_proj(x).split(cfg.intermediate_size, dim=-1)
             ffn = layer.down_proj(gated_activation(gate, up, cfg.activation))
             if layer.post_ffn_norm is not None:
                 ffn = rms_norm(ffn, layer.post_ffn_norm, cfg.rms_norm_eps)
-            h = h + ffn
+            next_norm = w.layers[index + 1].attn_norm if index + 1 < len(w.layers) else w.final_norm
+            x, h = add_rms_norm(ffn, h, next_norm, cfg.rms_norm_eps)
         if logits_indices is not None:
-            h = h[logits_indices]
-        h = rms_norm(h, w.final_norm, cfg.rms_norm_eps)
-        return w.lm_head(h).float()
+            x = x[logits_indices]
+        return w.lm_head(x).float()

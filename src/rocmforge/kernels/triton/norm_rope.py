@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["gated_activation_triton", "rms_norm_triton", "rope_triton"]
+__all__ = ["add_rms_norm_triton", "gated_activation_triton", "rms_norm_triton", "rope_triton"]
 
 
 @triton.jit
@@ -97,6 +97,70 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
         num_warps=_num_warps(block),
     )
     return out
+
+
+@triton.jit
+def _add_rms_norm_kernel(
+    delta_ptr,
+    residual_ptr,
+    w_ptr,
+    out_ptr,
+    sum_ptr,
+    n_cols,
+    eps,
+    stride_delta,
+    stride_residual,
+    BLOCK: tl.constexpr,
+):
+    # One program per token: h = residual + delta, rounded to the activation dtype as torch's add would be,
+    # then the RMSNorm of that rounded h: the same two steps as the CPU path, one pass over memory.
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    delta = tl.load(delta_ptr + t * stride_delta + cols, mask=mask, other=0.0).to(tl.float32)
+    residual = tl.load(residual_ptr + t * stride_residual + cols, mask=mask, other=0.0).to(tl.float32)
+    h = (residual + delta).to(sum_ptr.dtype.element_ty)
+    tl.store(sum_ptr + t * n_cols + cols, h, mask=mask)
+    h32 = h.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(h32 * h32, axis=0) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t * n_cols + cols, (h32 * rstd * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def add_rms_norm_triton(
+    delta: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h = residual + delta`` (in residual's dtype) and ``rms_norm(h, weight, eps)``, for [T, N] tensors.
+
+    Returns (normed, h). Same contract as :func:`rocmforge.layers.norm.add_rms_norm`.
+    """
+    if delta.dim() != 2 or delta.shape != residual.shape or weight.shape != (delta.shape[-1],):
+        raise ValueError(
+            f"delta and residual must be [T, N] of one shape and weight [N], got {tuple(delta.shape)}, "
+            f"{tuple(residual.shape)}, {tuple(weight.shape)}"
+        )
+    delta = delta if delta.stride(-1) == 1 else delta.contiguous()
+    residual = residual if residual.stride(-1) == 1 else residual.contiguous()
+    num_t, n_cols = residual.shape
+    total = torch.empty((num_t, n_cols), dtype=residual.dtype, device=residual.device)
+    out = torch.empty_like(total)
+    if num_t == 0:
+        return out, total
+    block = triton.next_power_of_2(n_cols)
+    _add_rms_norm_kernel[(num_t,)](
+        delta,
+        residual,
+        weight.contiguous(),
+        out,
+        total,
+        n_cols,
+        float(eps),
+        delta.stride(0),
+        residual.stride(0),
+        BLOCK=block,
+        num_warps=_num_warps(block),
+    )
+    return out, total
 
 
 @triton.jit
