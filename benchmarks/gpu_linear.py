@@ -41,7 +41,7 @@ from benchmarks.gpu_common import copy_bandwidth_gbs, random_raw, time_us
 from rocmforge.kernels.triton import packed_matmul as pm
 from rocmforge.kernels.triton.dequant_rows import dequantize_rows
 from rocmforge.kernels.triton.quant_matmul import quant_matmul
-from rocmforge.layers.quant_linear import DEQUANT_CHUNK_BYTES, QuantLinear
+from rocmforge.layers.quant_linear import DEQUANT_CHUNK_BYTES, PACKED_GEMM_MAX_M, QuantLinear
 
 Q = GGMLQuantizationType
 SHAPES: list[tuple[int, int]] = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
@@ -55,29 +55,36 @@ KC = pm.KernelConfig
 
 
 def candidates(bucket: int) -> list[pm.KernelConfig]:
-    """Kernel configurations the sweep times for an M bucket: 1 (GEMV), 16 (M <= 16), 64, 512 (larger M)."""
+    """Kernel configurations the sweep times for an M bucket: 1, 4 (GEMVs), 16 (tl.dot), 64, 512 (larger M)."""
     if bucket == 1:
-        shapes = [(16, 4, 4), (16, 4, 8), (32, 4, 4), (32, 4, 8), (32, 8, 8), (64, 8, 4), (64, 4, 2)]
+        # (BLOCK_N, warps, kb, reduce each step): few warps and wide tiles reuse each x value over more rows.
+        shapes = [(16, 4, 8, False), (16, 2, 8, False), (16, 1, 4, False), (16, 1, 8, True), (32, 1, 2, False)]
+        shapes += [(32, 1, 4, True), (32, 2, 4, False), (32, 2, 8, True), (64, 2, 2, True), (64, 1, 4, True)]
+        shapes += [(32, 4, 8, True)]
         return [
-            KC(bn, 1, w, s, kb=kb, programs_per_sm=p) for bn, w, kb in shapes for s in (2, 3, 4) for p in (2, 4, 8, 16)
+            KC(bn, 1, w, s, kb=kb, programs_per_sm=p, reduce_each_step=r)
+            for bn, w, kb, r in shapes
+            for s in (2, 3)
+            for p in (4, 8, 16, 32)
+        ]
+    if bucket == 4:
+        shapes = [(16, 4, 8, True), (16, 2, 4, True), (32, 2, 4, True), (32, 4, 4, True), (16, 1, 4, True)]
+        return [
+            KC(bn, 4, w, 2, kb=kb, programs_per_sm=p, reduce_each_step=r) for bn, w, kb, r in shapes for p in (4, 8, 16)
         ]
     if bucket == 16:
-        shapes = [(16, 2, 8), (16, 4, 8), (32, 4, 8), (32, 4, 4), (32, 8, 8), (64, 4, 4), (64, 8, 8)]
-        return [
-            KC(bn, 16, w, s, kb=kb, programs_per_sm=p) for bn, w, kb in shapes for s in (2, 3, 4) for p in (2, 4, 8, 16)
-        ]
+        shapes = [(16, 2, 8), (32, 4, 8), (32, 4, 4), (16, 1, 8), (32, 2, 8), (64, 4, 4)]
+        return [KC(bn, 16, w, s, kb=kb, programs_per_sm=p) for bn, w, kb in shapes for s in (2, 3) for p in (4, 8, 16)]
     if bucket == 64:
-        shapes = [(32, 32, 4), (32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 64, 8), (64, 128, 8)]
+        shapes = [(32, 64, 4), (64, 64, 4)]
         return [KC(bn, bm, w, 3, programs_per_sm=p, kb=4) for bm, bn, w in shapes for p in (2, 4)]
-    shapes = [(128, 128, 8, 3, 2), (128, 128, 8, 3, 4), (64, 128, 4, 3, 2), (128, 64, 4, 3, 2), (64, 64, 4, 4, 4)]
-    shapes += [(128, 128, 4, 3, 2), (128, 256, 8, 3, 2)]
-    return [KC(bn, bm, w, s, split_k=1, kb=kb) for bm, bn, w, s, kb in shapes]
+    return [KC(128, 128, 8, 3, split_k=1, kb=4), KC(64, 128, 4, 3, split_k=1, kb=2)]
 
 
 # (M timed, candidate buckets) of the sweep; the chosen configs of table bucket b minimize the summed time of the
 # sweep rows that name b.
-SWEEP_MS: list[tuple[int, tuple[int, ...]]] = [(1, (1, 16)), (4, (16,)), (16, (16,)), (64, (64,)), (512, (512,))]
-TABLE_BUCKETS = {1: (1,), 16: (4, 16), 64: (64,), 1 << 30: (512,)}
+SWEEP_MS: list[tuple[int, tuple[int, ...]]] = [(1, (1,)), (4, (4, 16)), (16, (16,)), (64, (64,)), (512, (512,))]
+TABLE_BUCKETS = {1: (1,), 4: (4,), 16: (16,), 64: (64,), 1 << 30: (512,)}
 
 
 def num_copies(nbytes: int) -> int:
@@ -154,17 +161,27 @@ def bench_shape(
     return rows
 
 
+def dispatch(r: Row) -> tuple[str, float]:
+    """QuantLinear's path for this row's M on bf16 activations (PACKED_GEMM_MAX_M), and its measured time."""
+    if r.deq_us is not None and r.m > PACKED_GEMM_MAX_M.get(Q[r.type], 1 << 30):
+        return "deq+cuBLAS", r.deq_us
+    return ("cuBLAS f16" if r.type == "F16" else "packed"), r.packed_us
+
+
 def report(rows: list[Row], copy_gbs: float) -> None:
     print(f"\ncopy bandwidth {copy_gbs:.0f} GB/s")
-    print("| type | N x K | M | MB | packed us | GB/s | % copy | fp32 x us | deq+cuBLAS us | cuBLAS bf16 us | old us |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = "type | N x K | M | MB | packed us | GB/s | % copy | fp32 x us | deq+cuBLAS us | QuantLinear us (path)"
+    print(f"| {head} | cuBLAS bf16 us | vs cuBLAS | old us | vs old |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         gbs = r.mb * 1e3 / r.packed_us
         fp32 = f"{r.fp32_us:.1f}" if r.fp32_us is not None else "-"
         deq = f"{r.deq_us:.1f}" if r.deq_us is not None else "-"
+        path, us = dispatch(r)
         print(
             f"| {r.type} | {r.n}x{r.k} | {r.m} | {r.mb:.1f} | {r.packed_us:.1f} | {gbs:.0f} | "
-            f"{100 * gbs / copy_gbs:.0f}% | {fp32} | {deq} | {r.cublas_us:.1f} | {r.old_us:.1f} |"
+            f"{100 * gbs / copy_gbs:.0f}% | {fp32} | {deq} | {us:.1f} ({path}) | {r.cublas_us:.1f} | "
+            f"{r.cublas_us / us:.2f} | {r.old_us:.1f} | {r.old_us / us:.2f} |"
         )
 
 

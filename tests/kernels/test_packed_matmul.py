@@ -73,15 +73,28 @@ def test_matches_reference(qtype: GGMLQuantizationType, m: int, device: torch.de
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize(("block_m", "kb", "split_k"), [(1, 2, 1), (1, 4, 3), (16, 2, 2), (16, 4, 3), (16, 8, 1)])
+@pytest.mark.parametrize(
+    ("block_m", "kb", "split_k", "reduce"),
+    [
+        (1, 2, 1, False),
+        (1, 4, 3, True),
+        (1, 8, 2, True),
+        (4, 4, 2, True),
+        (2, 8, 1, True),
+        (16, 2, 2, False),
+        (16, 4, 3, False),
+        (16, 8, 1, False),
+    ],
+)
 def test_tiles_and_split_k(
-    qtype: GGMLQuantizationType, block_m: int, kb: int, split_k: int, device: torch.device
+    qtype: GGMLQuantizationType, block_m: int, kb: int, split_k: int, reduce: bool, device: torch.device
 ) -> None:
     # K = 768: 3 super-blocks; split 3 of few steps leaves some program one step or none (it writes zeros).
+    # M = 3: one row block of 4 (or 16) with a masked row, or two of 2.
     n, k = 24, 768
     raw = random_raw(qtype, n, k, seed=split_k)
-    x = torch.randn(2, k, generator=torch.Generator().manual_seed(split_k))
-    config = KernelConfig(block_n=16, block_m=block_m, num_warps=4, num_stages=2, split_k=split_k, kb=kb)
+    x = torch.randn(3, k, generator=torch.Generator().manual_seed(split_k))
+    config = KernelConfig(16, block_m, 4, 2, split_k=split_k, kb=kb, reduce_each_step=reduce)
     out = packed_matmul(x.to(device), pack(raw.to(device), qtype, (n, k)), config=config)
     assert_within(out, x, raw, qtype, RTOL_FP32)
 
@@ -141,7 +154,7 @@ def test_config_table_covers_every_m() -> None:
     for qtype in TYPES:
         for m in (1, 16, 17, 64, 65, 512, 100_000):
             config = kernel_config(qtype, m)
-            assert config.block_n >= 16 and (config.block_m >= 16 or config.block_m == 1 == m)  # tl.dot's smallest
+            assert config.block_n >= 16 and (config.block_m >= 16 or m <= config.block_m <= 8)  # tl.dot: 16
 
 
 # -- QuantLinear on packed weights ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ Q6_K and Q8_0 weights are repacked at construction into planes (``rocmforge.laye
 1.03x the GGUF bytes; the GGUF bytes are dropped) that ``packed_matmul`` reads at near HBM bandwidth, and
 ``QuantLinear(x)`` picks its path by the number of rows M of x:
 
-* packed types, M <= :data:`FUSED_MAX_M`: ``packed_matmul`` in x's dtype (float32 activations stay float32);
+* packed types, M <= :data:`FUSED_MAX_M` (1): ``packed_matmul``'s GEMV in x's dtype (float32 stays float32);
 * packed types, larger M: x is cast to the matmul dtype (bf16 by default) and multiplied by ``packed_matmul``,
   or, above :data:`PACKED_GEMM_MAX_M` (measured per type), by torch on the weight dequantized in chunks;
 * packed types with a float32 matmul dtype (the reference mode, as ``Linear`` on the weight dequantized at
@@ -49,19 +49,18 @@ __all__ = [
 _Q = GGMLQuantizationType
 
 # Largest M that runs the kernel in x's own dtype, per type.
-# Packed types (Q4_K, Q6_K, Q8_0): packed_matmul takes every M; up to this M it keeps float32 activations in
-# float32 (exact up to summation order), above it x is cast to the matmul dtype like the prefill path
-# (measured on an H100, BENCHMARKS.md "GPU quantized linear", packed subsection: the float32 kernel is as fast as
-# the bf16 one up to M = 16).
+# Packed types (Q4_K, Q6_K, Q8_0): 1, packed_matmul's GEMV, as fast on float32 x as on bf16 (measured on an H100,
+# BENCHMARKS.md "GPU quantized linear", packed subsection); above it x is cast to the matmul dtype, because the
+# dot kernel on float32 x (tf32x3, to stay exact) is 30-70x slower than on bf16.
 # Q4_0 keeps the GGUF-block decode kernel of quant_matmul, which multiplies on CUDA cores in fp32 and loses to
 # dequantize + cuBLAS from M = 2-3 (its value is Q8_0's old crossing, not measured for Q4_0). F16/BF16 go to
 # cuBLAS on the weight's own bytes at every M (0 here); F32 keeps the float decode kernel up to 14 (measured
 # for F16 on an H200 before the cuBLAS path existed). The other block types only have the per-element kernel,
 # 10-80x slower at M = 1 than the whole-block ones (BENCHMARKS.md, "before" column), so they never use it.
 FUSED_MAX_M: dict[GGMLQuantizationType, int] = {
-    _Q.Q4_K: 16,
-    _Q.Q6_K: 16,
-    _Q.Q8_0: 16,
+    _Q.Q4_K: 1,
+    _Q.Q6_K: 1,
+    _Q.Q8_0: 1,
     _Q.Q4_0: 2,
     _Q.F16: 0,
     _Q.BF16: 0,
@@ -70,12 +69,14 @@ FUSED_MAX_M: dict[GGMLQuantizationType, int] = {
 # Types not in the table: the per-element kernel (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K).
 _DEFAULT_FUSED_MAX_M = 0
 
-# Packed types: above this M the large-M path dequantizes the weight and calls cuBLAS instead of running
-# packed_matmul (measured on an H100 at 7B shapes, BENCHMARKS.md "GPU quantized linear", packed subsection).
+# Packed types: above this M the large-M path dequantizes the weight to bf16 (Triton, 64 MiB chunks) and calls
+# cuBLAS instead of running packed_matmul. Measured on an H100 at 7B shapes (BENCHMARKS.md "GPU quantized linear",
+# packed subsection): packed_matmul wins at M = 16 and 64 (Q4_K about ties at 64), and loses 2-3x at M = 512,
+# where its tile dequantization costs more than cuBLAS's tensor-core GEMM on a bf16 copy.
 PACKED_GEMM_MAX_M: dict[GGMLQuantizationType, int] = {
-    _Q.Q4_K: 1 << 30,
-    _Q.Q6_K: 1 << 30,
-    _Q.Q8_0: 1 << 30,
+    _Q.Q4_K: 64,
+    _Q.Q6_K: 64,
+    _Q.Q8_0: 64,
 }
 
 # Float weight types whose bytes cuBLAS multiplies as they are.

@@ -8,16 +8,16 @@ and accumulates ``tile @ x_tile.T`` with ``tl.dot`` in float32. The weight is th
 tile built in registers is the operand that may stay there and the tiny x is the one staged through shared
 memory; the accumulator is [BLOCK_N, BLOCK_M] and is stored transposed. ``BLOCK_M = 1`` (M = 1, single-stream
 decode) is a GEMV instead: one FMA per weight value on CUDA cores, no tensor-core padding of M to 16 and no
-shared-memory round trip of the tile.
+shared-memory round trip of the tile; ``BLOCK_M`` 2-8 the same with a few rows of x.
 
 Decode (small M) is bound by reading the weight once from HBM; its grid of ``N / BLOCK_N`` programs is too
 small to keep enough loads in flight on ~130 SMs, so K is split over several programs that write float32
 partial sums, and a second small kernel adds them up in a fixed order (deterministic, no atomics, no zero-init)
 and casts to the output dtype. Every launch has static shapes and no host sync: CUDA-graph capturable.
 
-float32 activations: ``tl.dot`` with ``input_precision`` "ieee" would run on CUDA cores (16x the FMAs of a
-GEMV at BLOCK_M = 16); on the GPU it uses "tf32x3" instead (three tensor-core products, error ~1e-7
-relative), and the interpreter multiplies exactly.
+float32 activations: the GEMV (M = 1) multiplies in float32. The dot kernel (M > 1) uses ``input_precision``
+"tf32x3" on the GPU (error ~1e-7 relative), which measured 30-70x slower than bf16 on an H100: callers that want
+speed cast x to bf16 (QuantLinear does above M = 1); the interpreter multiplies exactly.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def _packed_matmul_kernel(
     KB: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
+    REDUCE_EACH_STEP: tl.constexpr,
 ):
     STEP: tl.constexpr = KB * 32
     pid_n = tl.program_id(0)
@@ -144,14 +145,34 @@ def _packed_matmul_kernel(
     if BLOCK_M == 1:
         # GEMV (one row of x): one FMA per weight value on CUDA cores, partial sums kept per column and reduced
         # once at the end; no trip through shared memory for the tile, and float32 x stays exact.
-        acc_k = tl.zeros((BLOCK_N, STEP), dtype=tl.float32)
         x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+        if REDUCE_EACH_STEP:
+            # Row sums every step: fewer live registers, so that wide tiles (many rows a thread, which reuse each
+            # loaded x value) fit; costs a few warp shuffles a row a step.
+            acc = tl.zeros((BLOCK_N, 1), dtype=tl.float32)
+            for i in range(start, stop):
+                w = _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE, BLOCK_N, KB)
+                ks = i * STEP + tl.arange(0, STEP)
+                xk = tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
+                acc += tl.sum(w * xk[None, :], axis=1)[:, None]
+        else:
+            acc_k = tl.zeros((BLOCK_N, STEP), dtype=tl.float32)
+            for i in range(start, stop):
+                w = _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE, BLOCK_N, KB)
+                ks = i * STEP + tl.arange(0, STEP)
+                xk = tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
+                acc_k += w * xk[None, :]
+            acc = tl.sum(acc_k, axis=1)[:, None]  # [BN, 1]
+    elif BLOCK_M < 16:
+        # A few rows of x (batched decode): still CUDA cores, each dequantized value serves BLOCK_M FMAs, and
+        # no padding of M to tl.dot's 16.
+        x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm  # [BM, 1]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for i in range(start, stop):
             w = _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE, BLOCK_N, KB)
-            ks = i * STEP + tl.arange(0, STEP)
-            xk = tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
-            acc_k += w * xk[None, :]
-        acc = tl.sum(acc_k, axis=1)[:, None]  # [BN, 1]
+            ks = i * STEP + tl.arange(0, STEP)[None, :]
+            xk = tl.load(x_rows + ks, mask=(offs_m < M)[:, None] & (ks < K), other=0.0).to(tl.float32)
+            acc += tl.sum(w[:, None, :] * xk[None, :, :], axis=2)
     else:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for i in range(start, stop):
@@ -204,29 +225,35 @@ class KernelConfig:
     split_k: int = 0
     kb: int = 8  # groups of 32 values per K step: Q8_0 blocks, or Q4_K/Q6_K sub-blocks (2, 4 or 8)
     programs_per_sm: int = 4  # enough independent loads in flight to cover HBM latency
+    reduce_each_step: bool = False  # GEMV (block_m 1): sum the rows every K step instead of once at the end
+    # block_m: 1 or 2-8 (CUDA-core GEMV kernels), or 16 and more (tl.dot)
 
 
-# Per type, (largest M, config) in increasing M; the last entry serves every larger M. Tuned on an H100
-# (benchmarks/gpu_linear.py --sweep, BENCHMARKS.md "GPU quantized linear"): small M wants many programs with
-# a few KiB in flight each, large M the usual GEMM tiles.
+# Per type, (largest M, config) in increasing M; the last entry serves every larger M. Chosen by
+# benchmarks/gpu_linear.py --sweep on an H100 (BENCHMARKS.md "GPU quantized linear", packed subsection): M = 1 is
+# a GEMV split over K until there are several programs per SM; M <= 16 the dot kernel with a 16-row x tile;
+# larger M the usual GEMM tiles (QuantLinear sends M > 64 to dequantize + cuBLAS, measured faster there).
 CONFIGS: dict[GGMLQuantizationType, tuple[tuple[int, KernelConfig], ...]] = {
     _Q.Q4_K: (
-        (1, KernelConfig(block_n=32, block_m=1, num_warps=4, num_stages=3, kb=4)),
-        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4)),
-        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3)),
-        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1)),
+        (1, KernelConfig(block_n=16, block_m=1, num_warps=4, num_stages=2, kb=8, programs_per_sm=4)),
+        (4, KernelConfig(block_n=16, block_m=4, num_warps=4, num_stages=2, kb=4, reduce_each_step=True)),
+        (16, KernelConfig(block_n=16, block_m=16, num_warps=2, num_stages=3, kb=8, programs_per_sm=16)),
+        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=2)),
+        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1, kb=4)),
     ),
     _Q.Q6_K: (
-        (1, KernelConfig(block_n=32, block_m=1, num_warps=4, num_stages=3, kb=4)),
-        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4)),
-        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3)),
-        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1)),
+        (1, KernelConfig(block_n=16, block_m=1, num_warps=4, num_stages=3, kb=8, programs_per_sm=16)),
+        (4, KernelConfig(block_n=16, block_m=4, num_warps=4, num_stages=2, kb=4, reduce_each_step=True)),
+        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=2, kb=8, programs_per_sm=4)),
+        (64, KernelConfig(block_n=32, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=4)),
+        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1, kb=4)),
     ),
     _Q.Q8_0: (
-        (1, KernelConfig(block_n=32, block_m=1, num_warps=4, num_stages=3, kb=4)),
-        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=4, kb=8)),
-        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3, kb=4)),
-        (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1, kb=2)),
+        (1, KernelConfig(block_n=16, block_m=1, num_warps=4, num_stages=2, kb=4, programs_per_sm=8)),
+        (4, KernelConfig(block_n=16, block_m=4, num_warps=4, num_stages=2, kb=4, reduce_each_step=True)),
+        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=2, kb=4, programs_per_sm=8)),
+        (64, KernelConfig(block_n=32, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=4)),
+        (1 << 30, KernelConfig(block_n=64, block_m=128, num_warps=4, num_stages=3, split_k=1, kb=2)),
     ),
 }
 
@@ -354,6 +381,7 @@ def packed_matmul(
         KB=config.kb,
         PRECISION=precision,
         UPCAST=x.device.type != "cuda",
+        REDUCE_EACH_STEP=config.reduce_each_step,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
