@@ -72,10 +72,13 @@ class PackedWeight:
 
     @staticmethod
     def cat(weights: Sequence[PackedWeight]) -> PackedWeight:
-        """The weights' rows stacked in order (all of one qtype and K)."""
+        """The weights' rows stacked in order (all of one qtype and K), in one new allocation."""
         first = weights[0]
-        planes = tuple(torch.cat([w.planes[i] for w in weights]) for i in range(len(first.planes)))
-        return PackedWeight(first.qtype, (int(planes[0].shape[0]), first.shape[1]), planes)
+        n = sum(w.shape[0] for w in weights)
+        planes = _empty_planes(first.qtype, n, first.shape[1], first.device)
+        for i, plane in enumerate(planes):
+            torch.cat([w.planes[i] for w in weights], out=plane)
+        return PackedWeight(first.qtype, (n, first.shape[1]), planes)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The [N, K] weight in ``dtype`` by torch ops (the float32 values equal GGUF's dequantization exactly)."""
@@ -160,6 +163,27 @@ def _pack_q8_0(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return blocks[:, 2:34].contiguous().view(torch.int8), _f16_field(blocks, 0)
 
 
+def _empty_planes(qtype: GGMLQuantizationType, n: int, k: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Uninitialized planes of an [n, k] weight, as views of one allocation.
+
+    One block per weight, not one per plane: the caching allocator would otherwise hand the planes the freed
+    blocks of earlier GGUF tensors, a little larger than each plane and not split (it keeps remainders under
+    1 MiB attached), and those unused ends would count as allocated memory.
+    """
+    sizes = [n * (k // div) * dtype.itemsize for dtype, div in _PLANE_SPECS[qtype]]
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + -(-size // _PLANE_ALIGN) * _PLANE_ALIGN)
+    buffer = torch.empty(offsets[-1], dtype=torch.uint8, device=device)
+    return tuple(
+        buffer[offset : offset + size].view(dtype).view(n, k // div)
+        for (dtype, div), offset, size in zip(_PLANE_SPECS[qtype], offsets[:-1], sizes, strict=True)
+    )
+
+
+# Plane start alignment inside the shared allocation (the kernels read 16-byte vectors).
+_PLANE_ALIGN = 256
+
 _PACKERS = {_Q.Q4_K: _pack_q4_k, _Q.Q6_K: _pack_q6_k, _Q.Q8_0: _pack_q8_0}
 
 # (dtype, K / columns) of each plane, in PLANE_NAMES order.
@@ -186,7 +210,7 @@ def pack(raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, int])
     rows = raw.reshape(n, -1)
     per_row = k // block
     # Filled chunk by chunk: the peak is the raw bytes, the planes and one chunk's temporaries.
-    planes = tuple(torch.empty((n, k // div), dtype=dtype, device=raw.device) for dtype, div in _PLANE_SPECS[qtype])
+    planes = _empty_planes(qtype, n, k, raw.device)
     step = max(1, _PACK_ROWS_ELEMENTS // k)
     for start in range(0, n, step):
         part = rows[start : start + step]
