@@ -1,4 +1,4 @@
-"""Our CPU reference path against llama.cpp (llama-cpp-python) on the three named models.
+"""The serving engine on the CPU against llama.cpp (llama-cpp-python) on the three named models.
 
 llama.cpp's CPU path quantizes activations to 8 bits inside its dot products and keeps K/V in f16, so its
 logits are close to ours, not equal: we compare greedy tokens and next-token distributions, not floats.
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from rocmforge.generation import TextGenerator
-from rocmforge.sampling_params import SamplingParams
+from rocmforge import LLM, EngineConfig, SamplingParams
+from tests.generation_helpers import served_model, teacher_forced_logits
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the test oracle (pip install .[test])")
 
@@ -41,6 +41,9 @@ MIN_GREEDY_EXACT = 0.95
 MIN_TOP1_AGREEMENT = 0.95
 PASSAGE_PROMPTS = ("It was the best of times, it was the worst of times,", "def quicksort(arr):")
 MIN_PASSAGE_TOKENS = 256
+# The engine as users run it on the CPU, in f32. One batch holds every greedy prompt (about 50 tokens each);
+# 256 MiB of KV cache holds that batch for all three models with room to spare.
+ENGINE_CONFIG = EngineConfig(device="cpu", dtype="f32", max_num_seqs=len(GREEDY_PROMPTS), kv_cache_memory=256 * 2**20)
 
 
 def _kl(reference: torch.Tensor, ours: torch.Tensor) -> torch.Tensor:
@@ -82,11 +85,17 @@ class Oracle:
         self.llm.close()
 
 
+Pair = tuple[str, LLM, Oracle]
+
+
 @pytest.fixture(scope="module")
-def pair(named_model: tuple[str, Path]) -> Iterator[tuple[str, TextGenerator, Oracle]]:
+def pair(named_model: tuple[str, Path]) -> Iterator[Pair]:
+    """One engine and one llama.cpp per model, shared by the model's tests and freed before the next model's."""
     name, path = named_model
     oracle = Oracle(path)
-    yield name, TextGenerator.from_path(path, dtype=torch.float32), oracle
+    ours = LLM(path, ENGINE_CONFIG)
+    yield name, ours, oracle
+    ours.shutdown()
     oracle.close()
 
 
@@ -94,7 +103,7 @@ GreedyRuns = dict[str, tuple[list[int], list[int], torch.Tensor]]
 
 
 @pytest.fixture(scope="module")
-def greedy_runs(pair: tuple[str, TextGenerator, Oracle]) -> GreedyRuns:
+def greedy_runs(pair: Pair) -> GreedyRuns:
     """llama.cpp's greedy runs for every prompt, computed once per model: prompt ids, tokens, logits."""
     oracle = pair[2]
     runs: GreedyRuns = {}
@@ -104,7 +113,7 @@ def greedy_runs(pair: tuple[str, TextGenerator, Oracle]) -> GreedyRuns:
     return runs
 
 
-def test_greedy_tokens_match_llamacpp(pair: tuple[str, TextGenerator, Oracle], greedy_runs: GreedyRuns) -> None:
+def test_greedy_tokens_match_llamacpp(pair: Pair, greedy_runs: GreedyRuns) -> None:
     """Along llama.cpp's greedy path, our greedy choice is llama.cpp's token, except at llama.cpp's own near-ties.
 
     Exact equality of whole 32-token greedy runs is not a property llama.cpp has with itself: with K/V in f16
@@ -112,11 +121,11 @@ def test_greedy_tokens_match_llamacpp(pair: tuple[str, TextGenerator, Oracle], g
     everything after differs. So we follow llama.cpp's path (teacher forcing) and check every position.
     """
     name, ours, _ = pair
+    model = served_model(ours)
     positions = exact = 0
     far_off: list[tuple[str, int, float]] = []
     for prompt, (prompt_ids, expected, reference) in greedy_runs.items():
-        sequence = prompt_ids + expected
-        logits = ours.model.forward(torch.tensor(sequence), 0, ours.model.new_kv_cache(len(sequence)), all_logits=True)
+        logits = teacher_forced_logits(model, prompt_ids + expected)
         chosen = logits[len(prompt_ids) - 1 : -1].argmax(-1).tolist()
         for step, (want, got) in enumerate(zip(expected, chosen, strict=True)):
             positions += 1
@@ -130,16 +139,22 @@ def test_greedy_tokens_match_llamacpp(pair: tuple[str, TextGenerator, Oracle], g
     assert exact / positions >= MIN_GREEDY_EXACT, f"{name}: only {exact}/{positions} greedy tokens equal llama.cpp's"
 
 
-def test_greedy_generation_follows_llamacpp_until_a_near_tie(
-    pair: tuple[str, TextGenerator, Oracle], greedy_runs: GreedyRuns
-) -> None:
-    """Free-running greedy generation (our own decode loop, KV cache and stop logic) equals llama.cpp's run
-    token for token up to the first position where llama.cpp's top two logits are within the near-tie band."""
+def test_greedy_generation_follows_llamacpp_until_a_near_tie(pair: Pair, greedy_runs: GreedyRuns) -> None:
+    """Free-running greedy generation (the engine's scheduler, paged KV cache, sampler and stop logic) equals
+    llama.cpp's run token for token up to the first position where llama.cpp's top two logits are within the
+    near-tie band.
+
+    All prompts go in one batch: greedy outputs on the CPU do not depend on their batch mates (the engine's own
+    tests check that), and one batch costs a fraction of ten runs one after another.
+    """
     name, ours, _ = pair
     params = SamplingParams(max_tokens=NUM_GREEDY_TOKENS, temperature=0.0, ignore_eos=True)
-    for prompt, (prompt_ids, expected, reference) in greedy_runs.items():
-        got = ours.generate(prompt_ids, params).token_ids
+    outputs = ours.generate([prompt_ids for prompt_ids, _, _ in greedy_runs.values()], params)
+    for (prompt, (prompt_ids, expected, reference)), output in zip(greedy_runs.items(), outputs, strict=True):
+        assert output.prompt_token_ids == prompt_ids
+        got = output.outputs[0].token_ids
         assert len(got) == NUM_GREEDY_TOKENS
+        assert output.outputs[0].finish_reason == "length"
         split = next((i for i, (a, b) in enumerate(zip(expected, got, strict=True)) if a != b), None)
         if split is None:
             continue
@@ -156,7 +171,7 @@ def _passage(oracle: Oracle, prompt: str) -> list[int]:
     return prompt_ids + oracle.greedy_with_logits(prompt_ids, MIN_PASSAGE_TOKENS + 16)[0]
 
 
-def test_teacher_forced_distribution_matches_llamacpp(pair: tuple[str, TextGenerator, Oracle]) -> None:
+def test_teacher_forced_distribution_matches_llamacpp(pair: Pair) -> None:
     """Next-token distributions over a passage of >= 256 tokens: mean KL(llama.cpp || ours) < 0.01, and top-1
     agrees except where llama.cpp's own top two are within the near-tie band.
 
@@ -165,11 +180,12 @@ def test_teacher_forced_distribution_matches_llamacpp(pair: tuple[str, TextGener
     activations leave many near-ties in Gemma's 262k vocabulary).
     """
     name, ours, oracle = pair
+    model = served_model(ours)
     for prompt in PASSAGE_PROMPTS:
         token_ids = _passage(oracle, prompt)
         assert len(token_ids) >= MIN_PASSAGE_TOKENS
         reference = oracle.logits(token_ids)
-        mine = ours.model.forward(torch.tensor(token_ids), 0, ours.model.new_kv_cache(len(token_ids)), all_logits=True)
+        mine = teacher_forced_logits(model, token_ids)
         kl = _kl(reference, mine).mean().item()
         assert kl < 0.01, f"{name} {prompt!r}: mean KL(llama.cpp || ours) = {kl:.5f}"
         want, got = reference.argmax(-1), mine.argmax(-1)

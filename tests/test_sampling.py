@@ -1,4 +1,5 @@
-"""Sampling: parameter validation, the truncation masks and penalty, the draw, and the generation loop's stops."""
+"""Sampling: parameter validation, the truncation masks and penalty, the draw, and, through the serving engine on a
+real model, the stops, seeding and streamed text of generation."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rocmforge import LLM, EngineConfig
+from rocmforge.engine.outputs import CompletionOutput
 from rocmforge.errors import ValidationError
-from rocmforge.generation import TextGenerator
 from rocmforge.layers.sampler import (
     apply_repetition_penalty,
     make_generator,
@@ -23,6 +25,7 @@ from rocmforge.layers.sampler import (
     top_p_mask,
 )
 from rocmforge.sampling_params import SamplingParams
+from tests.generation_helpers import StreamingEngine, served_model
 
 NEG_INF = float("-inf")
 
@@ -332,65 +335,90 @@ def test_sampling_follows_the_softmax(params: SamplingParams, reference: object)
     assert chi_square(counts, expected, n) < 40.0
 
 
-# --- generation with the real model --------------------------------------------------------------------------
+# --- generation through the engine -------------------------------------------------------------------------
 
+MODEL = "smollm2-135m"
 CHAT_PROMPT = "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"
+# The engine users run, on the CPU in f32. These requests are a few dozen tokens each: a small KV cache holds
+# them all, and leaves memory to the other engine of this module and to whatever else runs on the machine.
+ENGINE_CONFIG = EngineConfig(device="cpu", dtype="f32", max_num_seqs=4, kv_cache_memory=256 * 2**20)
 
 
 @pytest.fixture(scope="module")
-def generator(model_paths: dict[str, Path]) -> TextGenerator:
-    return TextGenerator.from_path(model_paths["smollm2-135m"])
+def llm(model_paths: dict[str, Path]) -> Iterator[LLM]:
+    engine = LLM(model_paths[MODEL], ENGINE_CONFIG)
+    yield engine
+    engine.shutdown()
 
 
 @pytest.fixture(scope="module")
-def chat_greedy(generator: TextGenerator) -> list[int]:
-    """smollm2's greedy answer to CHAT_PROMPT: it ends with an end-of-generation token well within 60 tokens."""
-    completion = generator.generate(CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=60))
+def streaming(model_paths: dict[str, Path]) -> Iterator[StreamingEngine]:
+    """The same model behind AsyncLLM, whose stream hands out text deltas as the engine produces tokens."""
+    engine = StreamingEngine(model_paths[MODEL], ENGINE_CONFIG)
+    yield engine
+    engine.shutdown()
+
+
+def complete(llm: LLM, prompt: str | list[int], params: SamplingParams) -> CompletionOutput:
+    return llm.generate(prompt, params)[0].outputs[0]
+
+
+@pytest.fixture(scope="module")
+def chat_greedy(llm: LLM) -> list[int]:
+    """smollm2's greedy answer to CHAT_PROMPT: it ends with an end-of-generation token well within 60 tokens.
+
+    The engine reports the token that ended a sample as its last token id (vLLM's convention) but never puts
+    it in the text; the answer returned here is what comes before it.
+    """
+    completion = complete(llm, CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=60))
     assert completion.finish_reason == "stop"
-    return completion.token_ids
+    *answer, end = completion.token_ids
+    assert completion.stop_reason == end
+    assert completion.text == llm.tokenizer.decode(answer)
+    return answer
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ignore_eos", [False, True])
-def test_max_tokens_gives_length_and_exactly_max_tokens(generator: TextGenerator, ignore_eos: bool) -> None:
+def test_max_tokens_gives_length_and_exactly_max_tokens(llm: LLM, ignore_eos: bool) -> None:
     params = SamplingParams(temperature=0, max_tokens=7, ignore_eos=ignore_eos)
-    completion = generator.generate("The capital of France is", params)
-    assert completion.finish_reason == "length"
-    assert len(completion.token_ids) == 7
-    assert completion.stats.generated_tokens == 7
+    output = llm.generate("The capital of France is", params)[0]
+    assert output.outputs[0].finish_reason == "length"
+    assert len(output.outputs[0].token_ids) == 7
+    assert output.metrics.num_generation_tokens == 7
 
 
 @pytest.mark.slow
-def test_greedy_stops_at_end_of_generation(generator: TextGenerator, chat_greedy: list[int]) -> None:
-    eog = generator.tokenizer.eog_token_ids
+def test_greedy_stops_at_end_of_generation(llm: LLM, chat_greedy: list[int]) -> None:
+    eog = llm.tokenizer.eog_token_ids
     assert 0 < len(chat_greedy) < 60
     assert not eog & set(chat_greedy)
-    # The token the loop stopped on really was an end-of-generation token: with ignore_eos it is emitted.
-    past = generator.generate(
-        CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=len(chat_greedy) + 1, ignore_eos=True)
-    )
+    # The token generation stopped on really was the greedy choice there, and an end-of-generation token: with
+    # ignore_eos it is emitted like any other and generation runs on to max_tokens.
+    past = complete(llm, CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=len(chat_greedy) + 1, ignore_eos=True))
+    assert past.finish_reason == "length"
     assert past.token_ids[:-1] == chat_greedy
     assert past.token_ids[-1] in eog
 
 
 @pytest.mark.slow
-def test_ignore_eos_continues_past_end_of_generation(generator: TextGenerator, chat_greedy: list[int]) -> None:
+def test_ignore_eos_continues_past_end_of_generation(llm: LLM, chat_greedy: list[int]) -> None:
     max_tokens = len(chat_greedy) + 3
-    completion = generator.generate(CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
+    completion = complete(llm, CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
     assert completion.finish_reason == "length"
     assert len(completion.token_ids) == max_tokens
     assert completion.token_ids[: len(chat_greedy)] == chat_greedy
-    assert completion.token_ids[len(chat_greedy)] in generator.tokenizer.eog_token_ids
+    assert completion.token_ids[len(chat_greedy)] in llm.tokenizer.eog_token_ids
 
 
 @pytest.mark.slow
-def test_min_tokens_keeps_end_of_generation_out(generator: TextGenerator, chat_greedy: list[int]) -> None:
+def test_min_tokens_keeps_end_of_generation_out(llm: LLM, chat_greedy: list[int]) -> None:
     min_tokens = len(chat_greedy) + 5
-    completion = generator.generate(CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=60, min_tokens=min_tokens))
+    completion = complete(llm, CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=60, min_tokens=min_tokens))
     assert len(completion.token_ids) >= min_tokens
     # Where greedy decoding stopped, the end-of-generation token was masked and the next best one drawn.
     assert completion.token_ids[: len(chat_greedy)] == chat_greedy
-    assert not generator.tokenizer.eog_token_ids & set(completion.token_ids[:min_tokens])
+    assert not llm.tokenizer.eog_token_ids & set(completion.token_ids[:min_tokens])
 
 
 @pytest.mark.parametrize("min_tokens", [-1, 8, 1.5, True])
@@ -400,20 +428,22 @@ def test_min_tokens_validated(min_tokens: object) -> None:
 
 
 @pytest.mark.slow
-def test_stop_token_ids_stop_on_a_token_it_would_emit(generator: TextGenerator, chat_greedy: list[int]) -> None:
+def test_stop_token_ids_stop_on_a_token_it_would_emit(llm: LLM, chat_greedy: list[int]) -> None:
     stop = chat_greedy[3]
     first = chat_greedy.index(stop)
-    completion = generator.generate(CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=60, stop_token_ids=[stop]))
+    completion = complete(llm, CHAT_PROMPT, SamplingParams(temperature=0, max_tokens=60, stop_token_ids=[stop]))
     assert completion.finish_reason == "stop"
-    assert completion.token_ids == chat_greedy[:first]
-    assert stop not in completion.token_ids
+    assert completion.stop_reason == stop
+    # It stops at the token's first appearance: reported as the last token id, left out of the text.
+    assert completion.token_ids == chat_greedy[: first + 1]
+    assert completion.text == llm.tokenizer.decode(chat_greedy[:first])
 
 
 @pytest.mark.slow
-def test_seeded_sampled_generation_is_reproducible(generator: TextGenerator) -> None:
+def test_seeded_sampled_generation_is_reproducible(llm: LLM) -> None:
     params = SamplingParams(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, seed=123, max_tokens=16, ignore_eos=True)
-    first = generator.generate("Once upon a time", params)
-    second = generator.generate("Once upon a time", params)
+    first = complete(llm, "Once upon a time", params)
+    second = complete(llm, "Once upon a time", params)
     assert first.token_ids == second.token_ids
     assert first.text == second.text
 
@@ -426,48 +456,59 @@ def test_seeded_sampled_generation_is_reproducible(generator: TextGenerator) -> 
         "😀😃😄😁😆😅😂🤣😀😃😄😁😆",
     ],
 )
-def test_stream_deltas_are_whole_characters(generator: TextGenerator, prompt: str) -> None:
+def test_stream_deltas_are_whole_characters(llm: LLM, streaming: StreamingEngine, prompt: str) -> None:
     # 12 tokens end on a character boundary for both prompts; within them, characters span several tokens.
     params = SamplingParams(temperature=0, max_tokens=12)
-    events = list(generator.stream(prompt, params))
-    deltas = [event.text for event in events]
-    assert "" in deltas, "expected some token to end mid-character (so the incremental decoding is exercised)"
-    assert any(ord(ch) > 0x2E80 for ch in "".join(deltas)), "expected CJK or emoji output"
-    assert not any("\ufffd" in delta for delta in deltas)
-    completion = generator.generate(prompt, params)
-    assert "".join(deltas) == completion.text
-    assert completion.token_ids == [event.token_id for event in events if event.token_id is not None]
-    assert completion.text == generator.tokenizer.decode(completion.token_ids)
+    deltas = streaming.stream(prompt, params)
+    # One delta a token, so an empty delta is a token that ended mid-character.
+    assert [len(delta.token_ids) for delta in deltas] == [1] * 12
+    texts = [delta.text for delta in deltas]
+    assert "" in texts, "expected some token to end mid-character (so the incremental decoding is exercised)"
+    assert any(ord(ch) > 0x2E80 for ch in "".join(texts)), "expected CJK or emoji output"
+    assert not any("\ufffd" in text for text in texts)
+    # The stream adds up to what the offline front end returns for the same request.
+    completion = complete(llm, prompt, params)
+    assert completion.finish_reason == deltas[-1].finish_reason == "length"
+    assert "".join(texts) == completion.text
+    assert completion.token_ids == [token_id for delta in deltas for token_id in delta.token_ids]
+    assert completion.text == llm.tokenizer.decode(completion.token_ids)
 
 
 @pytest.mark.slow
-def test_stream_cut_mid_character_flushes_a_replacement_at_the_end(generator: TextGenerator) -> None:
-    # Two tokens of an emoji that takes three: the incomplete bytes come out once, in the final flush only.
+def test_stream_cut_mid_character_flushes_a_replacement_at_the_end(streaming: StreamingEngine) -> None:
+    # Two tokens of an emoji that takes three: the incomplete bytes come out once, with the final delta only.
     prompt = "😀😃😄😁😆😅😂🤣😀😃😄😁😆"
-    events = list(generator.stream(prompt, SamplingParams(temperature=0, max_tokens=2)))
-    assert [event.text for event in events[:-1]] == ["", ""]
-    assert events[-1].token_id is None
-    assert events[-1].text == "\ufffd"
+    deltas = streaming.stream(prompt, SamplingParams(temperature=0, max_tokens=2))
+    assert [len(delta.token_ids) for delta in deltas] == [1, 1]
+    assert [delta.text for delta in deltas] == ["", "\ufffd"]
+    assert deltas[-1].finish_reason == "length"
 
 
 @pytest.mark.slow
-def test_prompt_longer_than_the_context_rejected(generator: TextGenerator) -> None:
-    context_length = generator.model.config.context_length
-    with pytest.raises(ValidationError, match="context length"):
-        generator.generate([1] * context_length, SamplingParams(max_tokens=1))
-    with pytest.raises(ValidationError, match="context length"):
-        generator.generate("hi " * context_length, SamplingParams(max_tokens=1))
+def test_prompt_longer_than_the_context_rejected(llm: LLM) -> None:
+    context_length = served_model(llm).config.context_length
+    assert llm.max_model_len == context_length  # no max_model_len set: a request may use the whole context
+    # Refused at submission, and the message names max_tokens and the numbers a client needs to fix it.
+    too_long = rf"prompt of {context_length} tokens plus max_tokens=1 is {context_length + 1} tokens, more than "
+    with pytest.raises(ValidationError, match=too_long + rf"the model's context length of {context_length}"):
+        llm.generate([1] * context_length, SamplingParams(max_tokens=1))
+    with pytest.raises(ValidationError, match=r"plus max_tokens=1 is \d+ tokens, more than the model's context length"):
+        llm.generate("hi " * context_length, SamplingParams(max_tokens=1))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt", ["", []], ids=["text", "ids"])
-def test_empty_prompt_rejected(generator: TextGenerator, prompt: str | list[int]) -> None:
-    with pytest.raises(ValidationError, match="empty"):
-        generator.generate(prompt, SamplingParams())
+def test_empty_prompt_rejected(llm: LLM, prompt: str | list[int]) -> None:
+    # A batch of one empty prompt: to LLM.generate a bare [] is a batch of no prompts.
+    with pytest.raises(ValidationError, match="at least one token"):
+        llm.generate([prompt], SamplingParams())
 
 
 @pytest.mark.slow
-def test_stream_validates_at_the_call(generator: TextGenerator) -> None:
-    # A server calls stream() before it sends response headers: the error must come then, not at first next().
-    with pytest.raises(ValidationError):
-        generator.stream([], SamplingParams())
+def test_stream_validates_at_the_call(streaming: StreamingEngine) -> None:
+    # A server validates before it sends response headers: the error must come then, not from the stream.
+    with pytest.raises(ValidationError, match="at least one token"):
+        streaming.llm.validate([], SamplingParams())
+    # A stream opened anyway refuses at its first iteration, before any output.
+    with pytest.raises(ValidationError, match="at least one token"):
+        streaming.stream([], SamplingParams())
