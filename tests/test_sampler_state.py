@@ -13,7 +13,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rocmforge.generation import TextGenerator
 from rocmforge.layers.sampler import (
     RequestSampler,
     SampleOutput,
@@ -22,7 +21,9 @@ from rocmforge.layers.sampler import (
     sample_batch,
     top_p_mask,
 )
+from rocmforge.models.loader import load_model_and_tokenizer
 from rocmforge.sampling_params import SamplingParams
+from tests.generation_helpers import teacher_forced_logits
 
 NEG_INF = float("-inf")
 
@@ -314,10 +315,10 @@ def binned_chi_square(counts: Counter[int], probs: torch.Tensor, top: torch.Tens
 @pytest.fixture(scope="module")
 def story_logits(model_paths: dict[str, Path]) -> torch.Tensor:
     """smollm2-135m's next-token logits after a story opening: a broad distribution (top 20 tokens ~47%)."""
-    generator = TextGenerator.from_path(model_paths["smollm2-135m"])
-    prompt_ids = generator.encode_prompt("Once upon a time, there was a")
+    model, tokenizer = load_model_and_tokenizer(model_paths["smollm2-135m"])
+    prompt_ids = tokenizer.encode("Once upon a time, there was a", add_special=True, parse_special=True)
     with torch.no_grad():
-        logits = generator.model.forward(torch.tensor(prompt_ids), 0, generator.model.new_kv_cache(len(prompt_ids)))
+        logits = teacher_forced_logits(model, prompt_ids)
     return logits[-1].float()
 
 
