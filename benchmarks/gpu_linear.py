@@ -5,19 +5,23 @@ For 7B-model shapes (N x K) and M in {1, 4, 16, 64, 512}, per weight type (Q4_K,
 * ``packed us``: ``packed_matmul`` (rocmforge.kernels.triton.packed_matmul) on the weight repacked at load, bf16
   activations; for F16 QuantLinear's cuBLAS call on the weight's own bytes (x cast to float16);
   ``GB/s`` = packed weight bytes / time and ``% copy`` = that over the measured device copy bandwidth;
-* ``fp32 x us`` (M <= 16): the same kernel on float32 activations (what the models pass at decode);
+* ``fp32 x us`` (M <= 16): the same kernel on float32 activations (M = 1: the float32 GEMV; M > 1: tl.dot in
+  tf32x3, which QuantLinear avoids by casting x to bf16);
 * ``deq+cuBLAS us``: the packed weight dequantized to bf16 by the Triton kernel in 64 MiB chunks, then
   ``F.linear`` (the large-M alternative, chosen per M by ``PACKED_GEMM_MAX_M``);
 * ``cuBLAS us``: ``F.linear(x, W)`` with W already bf16 on the GPU (what a model dequantized at load would run);
 * ``old us``: the previous QuantLinear on the GGUF bytes: ``quant_matmul`` up to its old ``FUSED_MAX_M`` (Q4_K 2,
-  Q6_K 3, Q8_0 2, F16 14), above it the GGUF row kernel's bf16 dequantization + cuBLAS.
+  Q6_K 3, Q8_0 2, F16 14), above it the GGUF row kernel's bf16 dequantization + cuBLAS;
+* ``QuantLinear us (path)``: the path QuantLinear's dispatch takes on bf16 activations (``PACKED_GEMM_MAX_M``),
+  ``vs cuBLAS`` / ``vs old`` = those times over it (> 1: QuantLinear is faster).
 
 Every time is the median per call of ``--reps`` replays of a CUDA graph of ``--inner`` back-to-back calls, cycling
 through enough copies of the weight (>= 3x a 50 MiB L2) that each call reads its weight from HBM, as in a model
-step. ``--sweep`` times the candidate kernel configurations per type and M bucket instead (CONFIGS' source);
-``--warm`` compiles the kernels in parallel processes first (Triton caches them on disk).
+step. ``--sweep`` first times the candidate kernel configurations per type and M bucket (the source of
+``packed_matmul.CONFIGS``) and runs the table with the winners; ``--warm N`` compiles the kernels in N parallel
+processes first (Triton caches them on disk).
 
-Run: ``PYTHONPATH=src:<gguf>:. python3 benchmarks/gpu_linear.py [--sweep] [--json out.json]``.
+Run: ``PYTHONPATH=src:<gguf>:. python3 benchmarks/gpu_linear.py [--warm 13 --sweep] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from benchmarks.gpu_common import copy_bandwidth_gbs, random_raw, time_us
 from rocmforge.kernels.triton import packed_matmul as pm
 from rocmforge.kernels.triton.dequant_rows import dequantize_rows
 from rocmforge.kernels.triton.quant_matmul import quant_matmul
-from rocmforge.layers.quant_linear import DEQUANT_CHUNK_BYTES, PACKED_GEMM_MAX_M, QuantLinear
+from rocmforge.layers.quant_linear import DEQUANT_CHUNK_BYTES, PACKED_GEMM_MAX_M, QuantLinear, fused_max_m
 
 Q = GGMLQuantizationType
 SHAPES: list[tuple[int, int]] = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
@@ -58,7 +62,8 @@ def candidates(bucket: int) -> list[pm.KernelConfig]:
     """Kernel configurations the sweep times for an M bucket: 1, 4 (GEMVs), 16 (tl.dot), 64, 512 (larger M)."""
     if bucket == 1:
         # (BLOCK_N, warps, kb, reduce each step): few warps and wide tiles reuse each x value over more rows.
-        shapes = [(16, 4, 8, False), (16, 2, 8, False), (16, 1, 4, False), (16, 1, 8, True), (32, 1, 2, False)]
+        shapes = [(16, 4, 8, False), (16, 4, 4, False), (16, 2, 8, False), (16, 1, 4, False), (16, 1, 8, True)]
+        shapes += [(32, 1, 2, False)]
         shapes += [(32, 1, 4, True), (32, 2, 4, False), (32, 2, 8, True), (64, 2, 2, True), (64, 1, 4, True)]
         shapes += [(32, 4, 8, True)]
         return [
@@ -165,7 +170,9 @@ def dispatch(r: Row) -> tuple[str, float]:
     """QuantLinear's path for this row's M on bf16 activations (PACKED_GEMM_MAX_M), and its measured time."""
     if r.deq_us is not None and r.m > PACKED_GEMM_MAX_M.get(Q[r.type], 1 << 30):
         return "deq+cuBLAS", r.deq_us
-    return ("cuBLAS f16" if r.type == "F16" else "packed"), r.packed_us
+    if r.type == "F16":
+        return ("fused", r.old_us) if r.m <= fused_max_m(Q.F16) else ("cuBLAS f16", r.packed_us)
+    return "packed", r.packed_us
 
 
 def report(rows: list[Row], copy_gbs: float) -> None:

@@ -10,7 +10,8 @@ Q6_K and Q8_0 weights are repacked at construction into planes (``rocmforge.laye
   or, above :data:`PACKED_GEMM_MAX_M` (measured per type), by torch on the weight dequantized in chunks;
 * packed types with a float32 matmul dtype (the reference mode, as ``Linear`` on the weight dequantized at
   load, bit for bit): the weight dequantized exactly in chunks and torch at every M (slow on purpose);
-* F16 / BF16 weights: ``torch.nn.functional.linear`` (cuBLAS) on the bytes viewed as the weight, x cast to it;
+* F16 / BF16 weights: above M = 1, ``torch.nn.functional.linear`` (cuBLAS) on the bytes viewed as the weight, x
+  cast to it; at M = 1 the float decode kernel of ``quant_matmul`` (measured faster there);
 * the other block types (not packed) keep the GGUF bytes: M <= :data:`FUSED_MAX_M` (Q4_0: 2) ``quant_matmul``,
   the Triton kernel that dequantizes GGUF blocks inside the matmul; larger M: the weight is dequantized to the
   matmul dtype by the Triton row kernel in chunks of at most :data:`DEQUANT_CHUNK_BYTES`, and each chunk goes
@@ -51,19 +52,21 @@ _Q = GGMLQuantizationType
 # Largest M that runs the kernel in x's own dtype, per type.
 # Packed types (Q4_K, Q6_K, Q8_0): 1, packed_matmul's GEMV, as fast on float32 x as on bf16 (measured on an H100,
 # BENCHMARKS.md "GPU quantized linear", packed subsection); above it x is cast to the matmul dtype, because the
-# dot kernel on float32 x (tf32x3, to stay exact) is 30-70x slower than on bf16.
+# dot kernel on float32 x (tf32x3, to stay exact) is 4-60x slower than on bf16.
 # Q4_0 keeps the GGUF-block decode kernel of quant_matmul, which multiplies on CUDA cores in fp32 and loses to
-# dequantize + cuBLAS from M = 2-3 (its value is Q8_0's old crossing, not measured for Q4_0). F16/BF16 go to
-# cuBLAS on the weight's own bytes at every M (0 here); F32 keeps the float decode kernel up to 14 (measured
-# for F16 on an H200 before the cuBLAS path existed). The other block types only have the per-element kernel,
-# 10-80x slower at M = 1 than the whole-block ones (BENCHMARKS.md, "before" column), so they never use it.
+# dequantize + cuBLAS from M = 2-3 (its value is Q8_0's old crossing, not measured for Q4_0). F16/BF16: the
+# float decode kernel at M = 1 (1.15-1.4x faster than casting x and calling cuBLAS, whose two casts are extra
+# launches), cuBLAS on the weight's own bytes from M = 2 (1.5-2.1x faster than the kernel at M = 4; M = 2-3 not
+# measured); BF16 takes F16's values. F32 keeps the float decode kernel up to 14 (measured for F16 on an H200).
+# The other block types only have the per-element kernel, 10-80x slower at M = 1 than the whole-block ones
+# (BENCHMARKS.md, "before" column), so they never use it.
 FUSED_MAX_M: dict[GGMLQuantizationType, int] = {
     _Q.Q4_K: 1,
     _Q.Q6_K: 1,
     _Q.Q8_0: 1,
     _Q.Q4_0: 2,
-    _Q.F16: 0,
-    _Q.BF16: 0,
+    _Q.F16: 1,
+    _Q.BF16: 1,
     _Q.F32: 14,
 }
 # Types not in the table: the per-element kernel (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K).
@@ -220,7 +223,7 @@ class QuantLinear:
         m = x2.shape[0]
         if m == 0:
             y = x2.new_empty((0, self.out_features))
-        elif self.qtype in _VIEW_DTYPES and _triton_on(x2.device):
+        elif self.qtype in _VIEW_DTYPES and m > fused_max_m(self.qtype) and _triton_on(x2.device):
             y = self.float_matmul(x2)
         elif (
             m <= fused_max_m(self.qtype)

@@ -8,7 +8,8 @@ and accumulates ``tile @ x_tile.T`` with ``tl.dot`` in float32. The weight is th
 tile built in registers is the operand that may stay there and the tiny x is the one staged through shared
 memory; the accumulator is [BLOCK_N, BLOCK_M] and is stored transposed. ``BLOCK_M = 1`` (M = 1, single-stream
 decode) is a GEMV instead: one FMA per weight value on CUDA cores, no tensor-core padding of M to 16 and no
-shared-memory round trip of the tile; ``BLOCK_M`` 2-8 the same with a few rows of x.
+shared-memory round trip of the tile; ``BLOCK_M`` 2-8 the same with a few rows of x (kept as an option: on an H100
+it lost to the tl.dot kernel at M = 4).
 
 Decode (small M) is bound by reading the weight once from HBM; its grid of ``N / BLOCK_N`` programs is too
 small to keep enough loads in flight on ~130 SMs, so K is split over several programs that write float32
@@ -16,7 +17,7 @@ partial sums, and a second small kernel adds them up in a fixed order (determini
 and casts to the output dtype. Every launch has static shapes and no host sync: CUDA-graph capturable.
 
 float32 activations: the GEMV (M = 1) multiplies in float32. The dot kernel (M > 1) uses ``input_precision``
-"tf32x3" on the GPU (error ~1e-7 relative), which measured 30-70x slower than bf16 on an H100: callers that want
+"tf32x3" on the GPU (error ~1e-7 relative), which measured 4-60x slower than bf16 on an H100: callers that want
 speed cast x to bf16 (QuantLinear does above M = 1); the interpreter multiplies exactly.
 """
 
@@ -230,29 +231,36 @@ class KernelConfig:
 
 
 # Per type, (largest M, config) in increasing M; the last entry serves every larger M. Chosen by
-# benchmarks/gpu_linear.py --sweep on an H100 (BENCHMARKS.md "GPU quantized linear", packed subsection): M = 1 is
-# a GEMV split over K until there are several programs per SM; M <= 16 the dot kernel with a 16-row x tile;
-# larger M the usual GEMM tiles (QuantLinear sends M > 64 to dequantize + cuBLAS, measured faster there).
+# benchmarks/gpu_linear.py --sweep on an H100 (BENCHMARKS.md "GPU quantized linear", packed subsection), summed
+# over 4096x4096, 11008x4096 and 4096x11008: M = 1 is the GEMV split over K until there are several programs per
+# SM; M = 2..16 the tl.dot kernel with a 16-row x tile (at M = 4 it beat the few-row CUDA-core kernel of every
+# swept shape, so BLOCK_M 2-8 is in no table); larger M the usual GEMM tiles (QuantLinear sends M > 64 to
+# dequantize + cuBLAS, measured 2-3x faster there). Q8_0's M = 1 entry is the first sweep's winner (the second
+# sweep did not include it and its best was 15% slower).
 CONFIGS: dict[GGMLQuantizationType, tuple[tuple[int, KernelConfig], ...]] = {
     _Q.Q4_K: (
-        (1, KernelConfig(block_n=16, block_m=1, num_warps=4, num_stages=2, kb=8, programs_per_sm=4)),
-        (4, KernelConfig(block_n=16, block_m=4, num_warps=4, num_stages=2, kb=4, reduce_each_step=True)),
+        (1, KernelConfig(block_n=16, block_m=1, num_warps=4, num_stages=3, kb=8, programs_per_sm=4)),
+        (4, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=2, kb=8, programs_per_sm=16)),
         (16, KernelConfig(block_n=16, block_m=16, num_warps=2, num_stages=3, kb=8, programs_per_sm=16)),
         (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=2)),
         (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1, kb=4)),
     ),
     _Q.Q6_K: (
-        (1, KernelConfig(block_n=16, block_m=1, num_warps=4, num_stages=3, kb=8, programs_per_sm=16)),
-        (4, KernelConfig(block_n=16, block_m=4, num_warps=4, num_stages=2, kb=4, reduce_each_step=True)),
-        (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=2, kb=8, programs_per_sm=4)),
-        (64, KernelConfig(block_n=32, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=4)),
+        (
+            1,
+            KernelConfig(
+                block_n=32, block_m=1, num_warps=4, num_stages=3, kb=8, programs_per_sm=16, reduce_each_step=True
+            ),
+        ),
+        (4, KernelConfig(block_n=32, block_m=16, num_warps=2, num_stages=3, kb=8, programs_per_sm=16)),
+        (16, KernelConfig(block_n=32, block_m=16, num_warps=2, num_stages=2, kb=8, programs_per_sm=4)),
+        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=2)),
         (1 << 30, KernelConfig(block_n=128, block_m=128, num_warps=8, num_stages=3, split_k=1, kb=4)),
     ),
     _Q.Q8_0: (
         (1, KernelConfig(block_n=16, block_m=1, num_warps=4, num_stages=2, kb=4, programs_per_sm=8)),
-        (4, KernelConfig(block_n=16, block_m=4, num_warps=4, num_stages=2, kb=4, reduce_each_step=True)),
         (16, KernelConfig(block_n=32, block_m=16, num_warps=4, num_stages=2, kb=4, programs_per_sm=8)),
-        (64, KernelConfig(block_n=32, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=4)),
+        (64, KernelConfig(block_n=64, block_m=64, num_warps=4, num_stages=3, kb=4, programs_per_sm=4)),
         (1 << 30, KernelConfig(block_n=64, block_m=128, num_warps=4, num_stages=3, split_k=1, kb=2)),
     ),
 }
