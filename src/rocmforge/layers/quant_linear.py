@@ -55,7 +55,7 @@ _Q = GGMLQuantizationType
 # dot kernel on float32 x (tf32x3, to stay exact) is 4-60x slower than on bf16.
 # Q4_0 keeps the GGUF-block decode kernel of quant_matmul, which multiplies on CUDA cores in fp32 and loses to
 # dequantize + cuBLAS from M = 2-3 (its value is Q8_0's old crossing, not measured for Q4_0). F16/BF16: the
-# float decode kernel at M = 1 (1.15-1.4x faster than casting x and calling cuBLAS, whose two casts are extra
+# float decode kernel at M = 1 (1.07-1.4x faster than casting x and calling cuBLAS, whose two casts are extra
 # launches), cuBLAS on the weight's own bytes from M = 2 (1.5-2.1x faster than the kernel at M = 4; M = 2-3 not
 # measured); BF16 takes F16's values. F32 keeps the float decode kernel up to 14 (measured for F16 on an H200).
 # The other block types only have the per-element kernel, 10-80x slower at M = 1 than the whole-block ones
