@@ -2,8 +2,9 @@
 
 A Q4_K_M model then takes about its file size in GPU memory instead of its bf16 size. Where Triton runs, Q4_K,
 Q6_K and Q8_0 weights are repacked at construction into planes (``rocmforge.layers.packed_weight``, at most
-1.03x the GGUF bytes; the GGUF bytes are dropped) that ``packed_matmul`` reads at near HBM bandwidth, and
-``QuantLinear(x)`` picks its path by the number of rows M of x:
+1.03x the GGUF bytes; the GGUF bytes are dropped) that ``packed_matmul`` reads as aligned tiles (at M = 1 on an
+H100: 31% / 35% / 60% of copy bandwidth for Q4_K / Q6_K / Q8_0, 1.3-1.6x the GGUF-block kernel, BENCHMARKS.md),
+and ``QuantLinear(x)`` picks its path by the number of rows M of x:
 
 * packed types, M <= :data:`FUSED_MAX_M` (1): ``packed_matmul``'s GEMV in x's dtype (float32 stays float32);
 * packed types, larger M: x is cast to the matmul dtype (bf16 by default) and multiplied by ``packed_matmul``,

@@ -11,10 +11,12 @@ decode) is a GEMV instead: one FMA per weight value on CUDA cores, no tensor-cor
 shared-memory round trip of the tile; ``BLOCK_M`` 2-8 the same with a few rows of x (kept as an option: on an H100
 it lost to the tl.dot kernel at M = 4).
 
-Decode (small M) is bound by reading the weight once from HBM; its grid of ``N / BLOCK_N`` programs is too
-small to keep enough loads in flight on ~130 SMs, so K is split over several programs that write float32
+Decode (small M) reads each weight once; its grid of ``N / BLOCK_N`` programs is too small to keep enough loads
+in flight on ~130 SMs, so K is split over several programs that write float32
 partial sums, and a second small kernel adds them up in a fixed order (deterministic, no atomics, no zero-init)
-and casts to the output dtype. Every launch has static shapes and no host sync: CUDA-graph capturable.
+and casts to the output dtype. Every launch has static shapes and no host sync: CUDA-graph capturable. Measured
+(BENCHMARKS.md): the M = 1 GEMV reaches 31-60% of copy bandwidth, bound by per-value instruction work rather
+than HBM.
 
 float32 activations: the GEMV (M = 1) multiplies in float32. The dot kernel (M > 1) uses ``input_precision``
 "tf32x3" on the GPU (error ~1e-7 relative), which measured 4-60x slower than bf16 on an H100: callers that want
