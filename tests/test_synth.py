@@ -19,7 +19,7 @@ from rocmforge.cli.main import main
 from rocmforge.gguf.quants import dequantize
 from rocmforge.gguf.reader import GGUFFile
 from rocmforge.hub import resolve_model
-from rocmforge.layers.norm import rms_norm
+from rocmforge.layers.norm import add_rms_norm, rms_norm
 from rocmforge.models import decoder
 from rocmforge.models.loader import load_model_and_tokenizer
 from rocmforge.synth import (
@@ -251,7 +251,16 @@ def test_activations_stay_sane_through_32_layers(
         streams.append(x.detach().clone())
         return rms_norm(x, weight, eps)
 
+    def recording_add_rms_norm(
+        delta: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        normed, stream = add_rms_norm(delta, residual, weight, eps)
+        streams.append(stream.detach().clone())
+        return normed, stream
+
+    # The first norm sees the embeddings; every later one is fused with the residual add that feeds it.
     monkeypatch.setattr(decoder, "rms_norm", recording_rms_norm)
+    monkeypatch.setattr(decoder, "add_rms_norm", recording_add_rms_norm)
     logits = model.forward(torch.arange(5, 200, 12), 0, model.new_kv_cache(64), all_logits=True)
     assert len(streams) == 2 * deep.layers + 1
     sizes = [float(h.pow(2).mean().sqrt()) for h in streams]
