@@ -35,7 +35,8 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x in any float dtype -> x's dtype; the product runs in the weight's dtype (bf16 matmuls on CPU)."""
         y = matmul_rows(x.to(self.weight.dtype), self.weight).to(x.dtype)
-        return y + self.bias if self.bias is not None else y
+        # In place: the output keeps x's dtype (a float32 bias would promote a bf16 activation to float32).
+        return y.add_(self.bias) if self.bias is not None else y
 
 
 def matmul_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -236,7 +236,8 @@ class QuantLinear:
         else:
             y = self.dequant_matmul(x2)
         y = y.reshape(*lead, self.out_features)
-        return y + self.bias if self.bias is not None else y
+        # In place: the output keeps x's dtype (a float32 bias would promote a bf16 activation to float32).
+        return y.add_(self.bias) if self.bias is not None else y
 
     def float_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """F16/BF16 weights: cuBLAS on the bytes viewed as the [N, K] weight, x cast to its dtype; x's dtype."""
