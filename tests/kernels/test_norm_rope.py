@@ -1,9 +1,9 @@
-"""The Triton RMSNorm, RoPE and gated-activation kernels against the CPU functions they replace on the GPU.
+"""The Triton RMSNorm and gated-activation kernels against the CPU functions they replace on the GPU.
 
 Without a GPU these run on the CPU through ``TRITON_INTERPRET=1`` in float32 at small shapes (hidden sizes
-that are not powers of two, head dims 64/128/256, partial rotary, both styles, and the strided
-``[T, heads, head_dim]`` views of a fused QKV output that the decoder hands them); tests marked ``gpu`` run
-model-sized shapes in bf16 and float32 on a CUDA/ROCm device against the CPU functions on the same inputs.
+that are not powers of two, per-head q/k norm weights on the strided ``[T, heads, head_dim]`` views of a fused
+QKV output that the decoder hands them); tests marked ``gpu`` run model-sized shapes in bf16 and float32 on a
+CUDA/ROCm device against the CPU functions on the same inputs. RoPE's tests are in test_rope_cache.py.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from rocmforge.kernels.triton.norm_rope import (
     add_rms_norm_triton,
     gated_activation_triton,
     rms_norm_triton,
-    rope_triton,
 )
 from rocmforge.layers.activation import gated_activation
 from rocmforge.layers.norm import add_rms_norm, rms_norm
-from rocmforge.layers.rotary import RotaryEmbedding
 
 CPU = torch.device("cpu")
 KERNEL_DEVICE = torch.device("cuda") if torch.cuda.is_available() else CPU
@@ -74,44 +72,6 @@ def test_rms_norm_empty() -> None:
     assert out.shape == (0, 64)
 
 
-def _assert_rope_matches(
-    x: torch.Tensor, rope_dim: int, style: str, rtol: float, atol: float, theta: float = 10000.0
-) -> None:
-    rope = RotaryEmbedding(rope_dim, theta, style)  # type: ignore[arg-type]
-    positions = torch.arange(x.shape[0]) * 37 + 5  # far apart, so the angles span many turns
-    cos, sin = rope.cos_sin(positions)
-    expected = rope.apply(x.to(CPU), cos, sin)
-    actual = rope_triton(x.to(KERNEL_DEVICE), cos.to(KERNEL_DEVICE), sin.to(KERNEL_DEVICE), rope_dim, style)
-    assert actual.dtype == x.dtype and actual.shape == x.shape
-    torch.testing.assert_close(actual.to(CPU).float(), expected.float(), rtol=rtol, atol=atol)
-
-
-@pytest.mark.parametrize("style", ["norm", "neox"])
-@pytest.mark.parametrize(("head_dim", "rope_dim"), [(64, 64), (128, 128), (256, 256), (64, 32), (128, 64), (96, 48)])
-def test_rope(style: str, head_dim: int, rope_dim: int) -> None:
-    gen = torch.Generator().manual_seed(head_dim + rope_dim)
-    x = torch.randn(3, 5, head_dim, generator=gen)
-    _assert_rope_matches(x, rope_dim, style, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("style", ["norm", "neox"])
-def test_rope_on_a_strided_view(style: str) -> None:
-    gen = torch.Generator().manual_seed(7)
-    x = _fused_view(4, 7, 64, extra=128, gen=gen)  # 7 heads: a head block is padded
-    assert not x.is_contiguous()
-    _assert_rope_matches(x, 64, style, rtol=1e-5, atol=1e-5)
-    _assert_rope_matches(x, 32, style, rtol=1e-5, atol=1e-5)
-
-
-def test_rope_rejects_bad_arguments() -> None:
-    x = torch.zeros(1, 1, 64, device=KERNEL_DEVICE)
-    cs = torch.zeros(1, 32, device=KERNEL_DEVICE)
-    with pytest.raises(ValueError):
-        rope_triton(x, cs, cs, 64, "gptj")
-    with pytest.raises(ValueError):
-        rope_triton(x, cs, cs, 128, "norm")
-
-
 # ---- model-sized shapes on a real GPU ---------------------------------------------------------------------
 
 # bf16 results may differ from the CPU's by one bf16 rounding of a float32 value that differs in its last bits.
@@ -140,21 +100,6 @@ def test_gpu_qk_norm_model_shape(dtype: torch.dtype) -> None:
     expected = rms_norm(x, weight, EPS)
     actual = rms_norm_triton(view, weight.to(KERNEL_DEVICE), EPS)
     torch.testing.assert_close(actual.to(CPU).float(), expected.float(), rtol=TOLERANCES[dtype][0], atol=1e-2)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("style", ["norm", "neox"])
-@pytest.mark.parametrize(
-    ("num_tokens", "heads", "head_dim", "rope_dim"),
-    [(1, 15, 64, 64), (256, 40, 128, 128), (64, 12, 256, 256), (32, 36, 128, 64)],
-)
-def test_gpu_rope_model_shapes(
-    dtype: torch.dtype, style: str, num_tokens: int, heads: int, head_dim: int, rope_dim: int
-) -> None:
-    gen = torch.Generator().manual_seed(heads * head_dim)
-    x = torch.randn(num_tokens, heads, head_dim, generator=gen).to(dtype)
-    _assert_rope_matches(x, rope_dim, style, *TOLERANCES[dtype], theta=500000.0)
 
 
 def _assert_gated_activation_matches(num_tokens: int, inter: int, activation: str, dtype: torch.dtype) -> None:

@@ -72,10 +72,32 @@ def _check(
 @pytest.mark.parametrize("style", ["norm", "neox"])
 @pytest.mark.parametrize(
     ("num_tokens", "heads", "kv_heads", "head_dim", "rope_dim"),
-    [(1, 4, 2, 64, 64), (3, 9, 3, 64, 64), (2, 4, 1, 128, 64)],
+    [
+        (1, 4, 2, 64, 64),
+        (3, 9, 3, 64, 64),
+        (2, 4, 1, 128, 64),  # partial rotary: the rest of each head is copied
+        (2, 3, 1, 128, 128),
+        (1, 2, 2, 256, 256),
+        (3, 3, 1, 96, 48),  # head_dim and half not powers of two
+        (20, 5, 1, 64, 32),  # a prefill-sized step: one program per token takes all its heads
+    ],
 )
 def test_rope_store_kv(num_tokens: int, heads: int, kv_heads: int, head_dim: int, rope_dim: int, style: str) -> None:
     _check(num_tokens, heads, kv_heads, head_dim, rope_dim, style, torch.float32)
+
+
+def test_rope_store_kv_rejects_bad_arguments() -> None:
+    qk = torch.zeros(1, 3, 64, device=KERNEL_DEVICE)
+    v = torch.zeros(1, 1, 64, device=KERNEL_DEVICE)
+    cs = torch.zeros(1, 32, device=KERNEL_DEVICE)
+    cache = torch.zeros(2, 16, 1, 64, device=KERNEL_DEVICE)
+    slots = torch.zeros(1, dtype=torch.long, device=KERNEL_DEVICE)
+    with pytest.raises(ValueError, match="rope style"):
+        rope_store_kv_triton(qk, v, cs, cs, 2, cache, cache.clone(), slots, 64, "gptj")
+    with pytest.raises(ValueError, match="rope_dim"):
+        rope_store_kv_triton(qk, v, cs, cs, 2, cache, cache.clone(), slots, 128, "norm")
+    with pytest.raises(ValueError, match="q and"):
+        rope_store_kv_triton(qk, v, cs, cs, 1, cache, cache.clone(), slots, 64, "norm")
 
 
 @pytest.mark.gpu

@@ -1,6 +1,6 @@
 """Which small fused Triton kernels the layers call instead of chains of torch ops on the GPU.
 
-The kernels: RMSNorm, residual add + RMSNorm, RoPE, RoPE + KV-cache write, and the gated activation.
+The kernels: RMSNorm, residual add + RMSNorm, RoPE + KV-cache write, and the gated activation.
 
 They replace chains of elementwise torch launches with one launch each. That pays where a step is a long chain
 of tiny launches replayed from a CUDA graph (decode: ~30 launches per layer became ~12, and in a graph each node
@@ -27,7 +27,7 @@ __all__ = ["FUSED_MAX_TOKENS", "fused_kernel_for"]
 # usually far larger.
 FUSED_MAX_TOKENS = 256
 
-KernelName = Literal["rms_norm", "add_rms_norm", "rope", "rope_store_kv", "gated_activation"]
+KernelName = Literal["rms_norm", "add_rms_norm", "rope_store_kv", "gated_activation"]
 
 
 @functools.cache
@@ -38,7 +38,6 @@ def _kernel(name: KernelName) -> Callable[..., torch.Tensor]:
     kernels: dict[str, Callable[..., Any]] = {
         "rms_norm": norm_rope.rms_norm_triton,
         "add_rms_norm": norm_rope.add_rms_norm_triton,
-        "rope": norm_rope.rope_triton,
         "rope_store_kv": rope_cache.rope_store_kv_triton,
         "gated_activation": norm_rope.gated_activation_triton,
     }

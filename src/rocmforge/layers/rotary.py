@@ -2,8 +2,8 @@
 
 "norm" rotates adjacent pairs (x[2i], x[2i+1]) — the layout llama.cpp's converter produces for llama-family
 models by permuting Q/K rows; "neox" rotates (x[i], x[i + d/2]) — HF's layout, kept for Qwen and Gemma.
-On a GPU, ``apply`` runs as one Triton launch for decode-sized steps (``rocmforge.kernels.triton.norm_rope``);
-the torch code is the CPU path and the reference.
+On a GPU, ``apply_and_store`` runs as one Triton launch for decode-sized steps (RoPE with the KV-cache write,
+``rocmforge.kernels.triton.rope_cache``); the torch code is the CPU path and the reference.
 """
 
 from __future__ import annotations
@@ -48,8 +48,6 @@ class RotaryEmbedding:
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate the first rope_dim dims of every head; x is [T, heads, head_dim]."""
-        if (kernel := fused_kernel_for(x, "rope")) is not None:
-            return kernel(x, cos, sin, self.rope_dim, self.style)
         rot, rest = x[..., : self.rope_dim].float(), x[..., self.rope_dim :]
         cos, sin = cos[:, None, :], sin[:, None, :]
         if self.style == "norm":

@@ -1,15 +1,14 @@
-"""RMSNorm, rotary embedding and the gated activation in one Triton launch each, for the GPU path.
+"""RMSNorm (alone and after the residual add) and the gated activation in one Triton launch each, for the GPU.
 
 Same contracts as the CPU functions, which stay the reference: :func:`rocmforge.layers.norm.rms_norm` (float32
-mean of squares, rsqrt, times a float32 weight, output in x's dtype),
-:meth:`rocmforge.layers.rotary.RotaryEmbedding.apply` (the first ``rope_dim`` dims of every head rotated as
-adjacent pairs, "norm", or halves, "neox", in float32; the rest copied) and
-:func:`rocmforge.layers.activation.gated_activation` (``act(gate) * up`` with SiLU or tanh-GELU).
+mean of squares, rsqrt, times a float32 weight, output in x's dtype), :func:`rocmforge.layers.norm.add_rms_norm`
+and :func:`rocmforge.layers.activation.gated_activation` (``act(gate) * up`` with SiLU or tanh-GELU). RoPE runs
+fused with the KV-cache write (:mod:`rocmforge.kernels.triton.rope_cache`).
 
 Where they run is decided in :mod:`rocmforge.layers.gpu_kernels`: decode-sized steps on a GPU, which the engine
 replays from CUDA graphs. Measured on an H100 (benchmarks/gpu_decode.py, synthetic 7B Q4_K_M, 2026-11-26),
-routing eager (un-graphed) steps through them halved the launches (1040 -> 523) but gained nothing, because
-an eager step was bound by host time, and made 512-token prefills slower (6782 vs 9963 tok/s).
+routing eager (un-graphed) steps through the norm and RoPE kernels halved the launches (1040 -> 523) but gained
+nothing, because an eager step was bound by host time, and made 512-token prefills slower (6782 vs 9963 tok/s).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["add_rms_norm_triton", "gated_activation_triton", "rms_norm_triton", "rope_triton"]
+__all__ = ["add_rms_norm_triton", "gated_activation_triton", "rms_norm_triton"]
 
 
 @triton.jit
@@ -161,102 +160,6 @@ def add_rms_norm_triton(
         num_warps=_num_warps(block),
     )
     return out, total
-
-
-@triton.jit
-def _rope_kernel(
-    x_ptr,
-    cos_ptr,
-    sin_ptr,
-    out_ptr,
-    heads,
-    stride_xt,
-    stride_xh,
-    stride_ct,
-    stride_st,
-    HEAD_DIM: tl.constexpr,
-    HALF: tl.constexpr,
-    HALF_PAD: tl.constexpr,
-    REST: tl.constexpr,
-    REST_PAD: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    NEOX: tl.constexpr,
-):
-    # One program per (token, BLOCK_H heads): a [BLOCK_H, HALF_PAD] tile of pairs, one cos/sin row for all.
-    t = tl.program_id(0)
-    hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    head_mask = hs < heads
-    i = tl.arange(0, HALF_PAD)
-    pair_mask = i < HALF
-    cos = tl.load(cos_ptr + t * stride_ct + i, mask=pair_mask, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + t * stride_st + i, mask=pair_mask, other=0.0).to(tl.float32)
-    if NEOX:
-        first, second = i, i + HALF
-    else:
-        first, second = 2 * i, 2 * i + 1
-    x_row = x_ptr + t.to(tl.int64) * stride_xt + hs[:, None] * stride_xh
-    out_row = out_ptr + (t.to(tl.int64) * heads + hs[:, None]) * HEAD_DIM
-    mask = head_mask[:, None] & pair_mask[None, :]
-    x0 = tl.load(x_row + first[None, :], mask=mask, other=0.0).to(tl.float32)
-    x1 = tl.load(x_row + second[None, :], mask=mask, other=0.0).to(tl.float32)
-    c, s = cos[None, :], sin[None, :]
-    out0 = x0 * c - x1 * s
-    out1 = x0 * s + x1 * c
-    dtype = out_ptr.dtype.element_ty
-    tl.store(out_row + first[None, :], out0.to(dtype), mask=mask)
-    tl.store(out_row + second[None, :], out1.to(dtype), mask=mask)
-    if REST > 0:
-        j = tl.arange(0, REST_PAD)
-        rest_mask = head_mask[:, None] & (j < REST)[None, :]
-        rest = tl.load(x_row + 2 * HALF + j[None, :], mask=rest_mask, other=0.0)
-        tl.store(out_row + 2 * HALF + j[None, :], rest, mask=rest_mask)
-
-
-def rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_dim: int, style: str) -> torch.Tensor:
-    """x ``[T, heads, head_dim]`` with its first ``rope_dim`` dims rotated by cos/sin ``[T, rope_dim / 2]``.
-
-    ``style`` "norm" rotates adjacent pairs, "neox" the two halves of the rotated dims; the rest is copied.
-    Returns a new contiguous tensor in x's dtype.
-    """
-    if x.dim() != 3:
-        raise ValueError(f"x must be [T, heads, head_dim], got {tuple(x.shape)}")
-    if style not in ("norm", "neox"):
-        raise ValueError(f"unknown rope style {style!r}")
-    num_t, heads, head_dim = x.shape
-    if rope_dim % 2 or rope_dim > head_dim:
-        raise ValueError(f"rope_dim {rope_dim} must be even and at most head_dim {head_dim}")
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    out = torch.empty((num_t, heads, head_dim), dtype=x.dtype, device=x.device)
-    if out.numel() == 0:
-        return out
-    half = rope_dim // 2
-    cos = cos if cos.stride(-1) == 1 else cos.contiguous()
-    sin = sin if sin.stride(-1) == 1 else sin.contiguous()
-    half_pad = triton.next_power_of_2(max(half, 1))
-    rest = head_dim - rope_dim
-    # About 4096 pairs per program: every head of a small model in one program per token.
-    block_h = min(triton.next_power_of_2(heads), max(1, 4096 // half_pad))
-    _rope_kernel[(num_t, triton.cdiv(heads, block_h))](
-        x,
-        cos,
-        sin,
-        out,
-        heads,
-        x.stride(0),
-        x.stride(1),
-        cos.stride(0),
-        sin.stride(0),
-        HEAD_DIM=head_dim,
-        HALF=half,
-        HALF_PAD=half_pad,
-        REST=rest,
-        REST_PAD=triton.next_power_of_2(max(rest, 1)),
-        BLOCK_H=block_h,
-        NEOX=style == "neox",
-        num_warps=4,
-    )
-    return out
 
 
 @triton.jit
