@@ -15,6 +15,9 @@ How (the scheme of vLLM's CUDA-graph runner):
   to the scheduler), with sequence length 1, so they never touch a real sequence's cache.
 * Attention's launch shape is fixed at capture from host-side sizes only: the split-K count is chosen for
   ``max_model_len``-long sequences, and programs of splits past a sequence's real length do nothing.
+* Memory: the graphs share one pool for their intermediates, but each keeps its own float32 logits buffer
+  (batch x vocab), captured after the KV cache was sized: 175 rows for the default max_num_seqs of 64, i.e.
+  106 MB for a 152k vocabulary, within the headroom gpu_memory_utilization leaves.
 * Stream discipline: the copies, the replay and the caller's reads of the logits run on the current stream in
   that order; before the pinned staging buffers are overwritten, the host waits for the event recorded after
   the previous step's copies, so a copy still in flight never reads a half-written buffer.
@@ -30,6 +33,7 @@ import torch
 
 from rocmforge.engine.checks import cdiv
 from rocmforge.engine.scheduler_output import ScheduledRequest
+from rocmforge.errors import ConfigError
 from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice
 from rocmforge.models.decoder import DecoderModel
 from rocmforge.models.kv_cache import PagedKVCache
@@ -110,7 +114,22 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every size, largest first so that the smaller graphs reuse its memory pool."""
+        """Capture every size, largest first so that the smaller graphs reuse its memory pool.
+
+        Raises:
+            ConfigError: a capture failed (an op that cannot be captured on this platform, or no memory left
+                for the graphs); the message says how to run without graphs.
+        """
+        try:
+            self._capture_all()
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            self._graphs.clear()
+            raise ConfigError(
+                f"capturing the decode CUDA graphs failed ({type(exc).__name__}: {exc}); run with --enforce-eager "
+                "(EngineConfig(enforce_eager=True)) to decode without them, or lower --max-num-seqs"
+            ) from exc
+
+    def _capture_all(self) -> None:
         start = time.perf_counter()
         self._stage([])
         self._upload()
