@@ -36,18 +36,16 @@ import asyncio
 import importlib.util
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.server.server_process
+
+from tests.server.server_process import HttpServerProcess, free_port
 
 from rocmforge.bench import serve
 from rocmforge.bench.report import cpu_model, machine_info
@@ -120,51 +118,6 @@ class Contention:
 # ---------------------------------------------------------------------------------------------------- servers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """A server subprocess on 127.0.0.1, its output in a temporary file (a pipe nobody drains would block it)."""
-
-    def __init__(self, name: str, command: list[str], ready_path: str) -> None:
-        self.name = name
-        self.command = command
-        self.ready_path = ready_path
-        self.url = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
-        self._log: IO[str] = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, text=True)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.2)  # a client's retry interval while the server loads
-        raise TimeoutError(f"{self.name} not ready after {READY_TIMEOUT} s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.seek(0)
-        return self._log.read()[-4000:]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 def server_commands(
     model: str, path: Path, n_ctx: int, llama_threads: Sequence[int], llama_defaults: bool
 ) -> list[tuple[str, list[str], str]]:
@@ -173,14 +126,14 @@ def server_commands(
     llama = [python, "-m", "llama_cpp.server", "--model", str(path), "--n_ctx", str(n_ctx)]
     queued = [*llama, "--interrupt_requests", "False"]  # requests wait for the running one instead of ending it
     servers = [
-        (ROCMFORGE, [python, "-m", "rocmforge", "serve", model, "--port", str(_free_port())], "/ready"),
-        (LLAMA, [*queued, "--port", str(_free_port())], "/v1/models"),
+        (ROCMFORGE, [python, "-m", "rocmforge", "serve", model, "--port", str(free_port())], "/ready"),
+        (LLAMA, [*queued, "--port", str(free_port())], "/v1/models"),
     ]
     for threads in llama_threads:
-        command = [*queued, "--n_threads", str(threads), "--port", str(_free_port())]
+        command = [*queued, "--n_threads", str(threads), "--port", str(free_port())]
         servers.append((f"{LLAMA} (n_threads {threads})", command, "/v1/models"))
     if llama_defaults:
-        servers.append((LLAMA_DEFAULTS, [*llama, "--port", str(_free_port())], "/v1/models"))
+        servers.append((LLAMA_DEFAULTS, [*llama, "--port", str(free_port())], "/v1/models"))
     return servers
 
 
@@ -327,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     servers = server_commands(args.model, path, args.n_ctx, args.llama_threads, not args.no_llama_defaults)
     for name, command, ready_path in servers:
         print(f"== {name}: {' '.join(command)}", flush=True)
-        server = Server(name, command, ready_path)
+        server = HttpServerProcess(command, int(command[command.index("--port") + 1]), ready_path, name=name)
         try:
-            server.wait_ready()
+            server.wait_ready(READY_TIMEOUT)
             runs += asyncio.run(bench_server(name, server.url, workloads, args.output_len))
         finally:
             server.stop()

@@ -22,12 +22,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
-    def __init__(self, model: str | Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "rocmforge", "serve", str(model), "--port", str(self.port), *args]
-        # A file, not a pipe: a pipe nobody drains fills up with access logs and blocks the server.
+class HttpServerProcess:
+    """Any HTTP server command as a subprocess on 127.0.0.1 (rocmforge's, llama-cpp-python's, ...).
+
+    Output goes to a file, not a pipe: a pipe nobody drains fills up with access logs and blocks the server.
+    ``ready_path`` is the URL path that answers 200 once the server can take requests.
+    """
+
+    def __init__(
+        self, command: list[str], port: int, ready_path: str, env: dict[str, str] | None = None, name: str = "server"
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ready_path = ready_path
         self._log_file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             command,
@@ -38,18 +46,18 @@ class ServerProcess:
         )
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
-        """Wait for GET /ready to answer 200 (the process exiting first fails at once)."""
+        """Wait for GET ready_path to answer 200 (the process exiting first fails at once)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()[-4000:]}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass  # not listening yet
             time.sleep(0.1)  # a client's retry interval while the process boots; not engine synchronization
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+        raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.log()[-4000:]}")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.process.send_signal(sig)
@@ -69,3 +77,12 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class ServerProcess(HttpServerProcess):
+    """``rocmforge serve MODEL --port <free port> *args``."""
+
+    def __init__(self, model: str | Path, *args: str, env: dict[str, str] | None = None) -> None:
+        port = free_port()
+        command = [sys.executable, "-m", "rocmforge", "serve", str(model), "--port", str(port), *args]
+        super().__init__(command, port, "/ready", env, name="rocmforge serve")
