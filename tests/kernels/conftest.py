@@ -33,6 +33,7 @@ _KERNEL_MODULES = (
     "rocmforge.kernels.triton.dequant_blocks",
     "rocmforge.kernels.triton.quant_matmul",
     "rocmforge.kernels.triton.packed_matmul",
+    "rocmforge.kernels.triton.packed_gemv",
     "rocmforge.kernels.triton.paged_attention",
     "rocmforge.kernels.triton.norm_rope",
     "rocmforge.kernels.triton.rope_cache",

@@ -1,0 +1,53 @@
+"""The Q4_K/Q6_K decode GEMV against ``x @ W.T`` with W from the GGUF torch dequantizer.
+
+Without a GPU it runs through ``TRITON_INTERPRET=1`` at small shapes (N not a multiple of the row block, K of
+one and of several super-blocks, so split-K is exercised); the ``gpu`` tests run 7B shapes. Tolerances as in
+test_packed_matmul.py, relative to ``|x| @ |W|.T``: float32 x 1e-5 (summation order only), bf16 x 2**-7.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gguf.constants import GGMLQuantizationType
+
+from rocmforge.kernels.triton import triton_device
+from rocmforge.kernels.triton.packed_gemv import GemvConfig, packed_gemv
+from rocmforge.layers.packed_weight import pack
+from tests.kernels.test_packed_matmul import RTOL_FP32, RTOL_HALF, assert_within, random_raw
+
+Q = GGMLQuantizationType
+TYPES = [Q.Q4_K, Q.Q6_K]
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("n", "k"), [(40, 256), (24, 1024), (8, 2304)])
+@pytest.mark.parametrize("block_n", [8, 16])
+def test_packed_gemv_matches_reference(qtype: GGMLQuantizationType, n: int, k: int, block_n: int) -> None:
+    device = triton_device()
+    raw = random_raw(qtype, n, k, seed=n + k)
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(k))
+    out = packed_gemv(x.to(device), pack(raw.to(device), qtype, (n, k)), config=GemvConfig(block_n, 8, 4))
+    assert out.shape == (1, n) and out.dtype == torch.float32
+    assert_within(out, x, raw, qtype, RTOL_FP32)
+
+
+def test_packed_gemv_rejects_other_shapes_and_types() -> None:
+    device = triton_device()
+    packed = pack(random_raw(Q.Q4_K, 4, 256, seed=0).to(device), Q.Q4_K, (4, 256))
+    with pytest.raises(ValueError, match="must be"):
+        packed_gemv(torch.zeros(2, 256, device=device), packed)
+    q8 = pack(random_raw(Q.Q8_0, 4, 64, seed=0).to(device), Q.Q8_0, (4, 64))
+    with pytest.raises(ValueError, match="Q8_0 is not"):
+        packed_gemv(torch.zeros(1, 64, device=device), q8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize(("n", "k"), [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_packed_gemv_model_shapes(qtype: GGMLQuantizationType, n: int, k: int, dtype: torch.dtype) -> None:
+    raw = random_raw(qtype, n, k, seed=n).cuda()
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(k)).to(dtype)
+    out = packed_gemv(x.cuda(), pack(raw, qtype, (n, k)))
+    assert_within(out.float(), x.float(), raw, qtype, RTOL_FP32 if dtype == torch.float32 else RTOL_HALF)
