@@ -1,4 +1,4 @@
-"""Decode GEMV (M = 1) over packed Q4_K / Q6_K weights: ``packed_gemv`` (swept launches) against packed_matmul.
+"""Decode GEMV (M = 1) over packed Q6_K weights: ``packed_gemv`` (swept launches) against packed_matmul.
 
 For the 7B shapes, per-call microseconds of ``packed_gemv`` at each swept configuration, ``packed_matmul`` at
 M = 1 (the committed config) and ``F.linear`` on a bf16 weight of the same shape (what a bf16 model runs), with
@@ -6,7 +6,7 @@ the achieved bandwidth of the quantized bytes as a fraction of the copy bandwidt
 Timing as benchmarks/gpu_linear.py: CUDA-graph replays cycling through enough weight copies that every call
 reads from HBM. bf16 activations.
 
-Run: ``PYTHONPATH=src:<gguf>:. python3 benchmarks/gpu_gemv.py [--types Q4_K Q6_K]``
+Run: ``PYTHONPATH=src:<gguf>:. python3 benchmarks/gpu_gemv.py``
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def time_shape(qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--types", nargs="+", default=["Q4_K", "Q6_K"])
+    parser.add_argument("--types", nargs="+", default=["Q6_K"])
     args = parser.parse_args()
     bandwidth = copy_bandwidth_gbs()
     print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth:.0f} GB/s", flush=True)

@@ -1,16 +1,15 @@
-"""Single-row matmul (decode GEMV) over packed Q4_K and Q6_K weights, with tiles kept in their natural shape.
+"""Single-row matmul (decode GEMV) over packed Q6_K weights, with the tile kept in its natural shape.
 
-``packed_matmul``'s M = 1 path builds each K step's weight tile as ``[rows, sub-blocks, 32]`` (Q4_K) or
-``[rows, sub-blocks, 2, 16]`` (Q6_K) and reshapes it to 2-D before multiplying by x. Here the tile keeps that
-shape: x is loaded in the same shape (a contiguous run of 32 or 16 values per sub-block), the products accumulate
-in a float32 tile of that shape, and the reduction over K happens once, after the last step. Per weight the work
-is the nibble unpack, the exact int -> float trick, the scale/min multiply-add and the multiply-add with x; there
-is no layout change of the tile and no cross-thread reduction inside the loop.
+``packed_matmul``'s M = 1 path builds each K step's Q6_K tile as ``[rows, sub-blocks, 2, 16]`` and reshapes it to
+2-D before multiplying by x. Here the tile keeps that shape: x is loaded in the same shape (16 contiguous values
+per half sub-block), the products accumulate in a float32 tile of that shape, and the reduction over K happens
+once, after the last step. Measured on an H100 over the 7B shapes (benchmarks/gpu_gemv.py, BENCHMARKS.md): 40.6%
+of the copy bandwidth against packed_matmul's 36.2% for Q6_K; the same change for Q4_K gained nothing (30.3%
+against 31.2%), so Q4_K stays with packed_matmul.
 
-Layouts: :mod:`rocmforge.layers.packed_weight` (Q4_K word w of a super-block holds element 32s + w in nibble s;
-Q6_K likewise for its low nibbles, with a 2-bit high plane of halfwords). K splits across programs (float32
-partials summed by ``packed_matmul``'s deterministic second kernel) until the grid has enough programs to keep
-memory busy.
+Layout: :mod:`rocmforge.layers.packed_weight` (the low nibble of element 32s + w in nibble s of word w of a
+super-block, its top 2 bits in bits 2s..2s+1 of halfword w). K splits across programs (float32 partials summed by
+``packed_matmul``'s deterministic second kernel) until the grid has enough programs to keep memory busy.
 """
 
 from __future__ import annotations
@@ -26,23 +25,7 @@ from rocmforge.layers.packed_weight import PackedWeight
 __all__ = ["GEMV_TYPES", "GemvConfig", "packed_gemv"]
 
 _Q = GGMLQuantizationType
-GEMV_TYPES = frozenset({_Q.Q4_K, _Q.Q6_K})
-
-
-@triton.jit
-def _q4_k_partial(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, x_ptr, rows, mask_n, sb, K, BLOCK_N: tl.constexpr):
-    """x * W over super-block ``sb`` of ``rows`` [BN, 1, 1]: a [BN, 8, 32] float32 tile (sub-block s, word w)."""
-    s = tl.arange(0, 8)[None, :, None]
-    w = tl.arange(0, 32)[None, None, :]
-    words = tl.load(qs_ptr + rows * (K // 8) + sb * 32 + w, mask=mask_n, other=0)  # [BN, 1, 32]
-    sc = tl.load(sc_ptr + rows * (K // 32) + sb * 8 + s, mask=mask_n, other=0).to(tl.float32)  # [BN, 8, 1]
-    mn = tl.load(mn_ptr + rows * (K // 32) + sb * 8 + s, mask=mask_n, other=0).to(tl.float32)
-    d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)  # [BN, 1, 1]
-    dmin = tl.load(dmin_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
-    x = tl.load(x_ptr + sb * 256 + 32 * s + w).to(tl.float32)  # [1, 8, 32]
-    q = (words >> (4 * s)) & 0xF
-    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # exact: (2**23 + q) - 2**23
-    return (qf * (d * sc) - dmin * mn) * x
+GEMV_TYPES = frozenset({_Q.Q6_K})
 
 
 @triton.jit
@@ -63,7 +46,7 @@ def _q6_k_partial(ql_ptr, qh_ptr, sc_ptr, d_ptr, x_ptr, rows, mask_n, sb, K, BLO
 
 
 @triton.jit(do_not_specialize=["SPLIT_K"])
-def _packed_gemv_kernel(x_ptr, out_ptr, p0, p1, p2, p3, p4, N, K, SPLIT_K, Q6: tl.constexpr, BLOCK_N: tl.constexpr):
+def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT_K, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -71,27 +54,22 @@ def _packed_gemv_kernel(x_ptr, out_ptr, p0, p1, p2, p3, p4, N, K, SPLIT_K, Q6: t
     per_split = tl.cdiv(n_super, SPLIT_K)
     start = pid_k * per_split
     stop = tl.minimum(start + per_split, n_super)
-    if Q6:
-        rows = offs_n.to(tl.int64)[:, None, None, None]
-        mask_n = (offs_n < N)[:, None, None, None]
-        acc = tl.zeros((BLOCK_N, 8, 2, 16), dtype=tl.float32)
-        for sb in range(start, stop):
-            acc += _q6_k_partial(p0, p1, p2, p3, x_ptr, rows, mask_n, sb, K, BLOCK_N)
-        total = tl.sum(tl.sum(tl.sum(acc, axis=3), axis=2), axis=1)
-    else:
-        rows = offs_n.to(tl.int64)[:, None, None]
-        mask_n = (offs_n < N)[:, None, None]
-        acc = tl.zeros((BLOCK_N, 8, 32), dtype=tl.float32)
-        for sb in range(start, stop):
-            acc += _q4_k_partial(p0, p1, p2, p3, p4, x_ptr, rows, mask_n, sb, K, BLOCK_N)
-        total = tl.sum(tl.sum(acc, axis=2), axis=1)
+    rows = offs_n.to(tl.int64)[:, None, None, None]
+    mask_n = (offs_n < N)[:, None, None, None]
+    acc = tl.zeros((BLOCK_N, 8, 2, 16), dtype=tl.float32)
+    for sb in range(start, stop):
+        acc += _q6_k_partial(ql_ptr, qh_ptr, sc_ptr, d_ptr, x_ptr, rows, mask_n, sb, K, BLOCK_N)
+    total = tl.sum(tl.sum(tl.sum(acc, axis=3), axis=2), axis=1)
     tl.store(out_ptr + pid_k * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
 class GemvConfig:
-    """Launch parameters: rows per program, the grid's target programs per SM (sets the K split), warps."""
+    """Launch parameters: rows per program, the grid's target programs per SM (sets the K split), warps.
 
-    def __init__(self, block_n: int = 16, programs_per_sm: int = 8, num_warps: int = 4) -> None:
+    The defaults won benchmarks/gpu_gemv.py's sweep of 27 configurations on an H100 (BENCHMARKS.md).
+    """
+
+    def __init__(self, block_n: int = 8, programs_per_sm: int = 8, num_warps: int = 4) -> None:
         self.block_n = block_n
         self.programs_per_sm = programs_per_sm
         self.num_warps = num_warps
@@ -100,7 +78,7 @@ class GemvConfig:
 def packed_gemv(
     x: torch.Tensor, weight: PackedWeight, out_dtype: torch.dtype | None = None, config: GemvConfig | None = None
 ) -> torch.Tensor:
-    """``x @ W.T`` for one row x (1, K) float32/float16/bfloat16 and a packed Q4_K/Q6_K weight: (1, N)."""
+    """``x @ W.T`` for one row x (1, K) float32/float16/bfloat16 and a packed Q6_K weight: (1, N) of out_dtype."""
     n, k = weight.shape
     if weight.qtype not in GEMV_TYPES:
         raise ValueError(f"packed_gemv: {weight.qtype.name} is not one of {sorted(t.name for t in GEMV_TYPES)}")
@@ -115,18 +93,9 @@ def packed_gemv(
     split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device)
     out = torch.empty((1, n), dtype=out_dtype, device=x.device)
     target = out if split == 1 else torch.empty((split, 1, n), dtype=torch.float32, device=x.device)
-    planes = tuple(p.contiguous() for p in weight.planes)
-    planes += (planes[0],) * (5 - len(planes))
-    _packed_gemv_kernel[(grid_n, split)](
-        x,
-        target,
-        *planes,
-        n,
-        k,
-        split,
-        Q6=weight.qtype == _Q.Q6_K,
-        BLOCK_N=config.block_n,
-        num_warps=config.num_warps,
+    ql, qh, sc, d = (p.contiguous() for p in weight.planes)
+    _q6_k_gemv_kernel[(grid_n, split)](
+        x, target, ql, qh, sc, d, n, k, split, BLOCK_N=config.block_n, num_warps=config.num_warps
     )
     if split > 1:
         block = 1024
