@@ -1,12 +1,12 @@
-"""Decode GEMV (M = 1): ``packed_gemv`` (Q6_K) and ``q4_k_int8_gemv`` (Q4_K), swept launches, against packed_matmul.
+"""Decode GEMV (M = 1) over packed Q6_K weights: ``packed_gemv`` (swept launches) against packed_matmul.
 
-For the 7B shapes, per-call microseconds of the type's GEMV at each swept configuration, ``packed_matmul`` at
+For the 7B shapes, per-call microseconds of ``packed_gemv`` at each swept configuration, ``packed_matmul`` at
 M = 1 (the committed config) and ``F.linear`` on a bf16 weight of the same shape (what a bf16 model runs), with
 the achieved bandwidth of the quantized bytes as a fraction of the copy bandwidth measured in the same run.
 Timing as benchmarks/gpu_linear.py: CUDA-graph replays cycling through enough weight copies that every call
 reads from HBM. bf16 activations.
 
-Run: ``PYTHONPATH=src:<gguf>:. python3 benchmarks/gpu_gemv.py [--types Q4_K Q6_K]``
+Run: ``PYTHONPATH=src:<gguf>:. python3 benchmarks/gpu_gemv.py``
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.gpu_common import copy_bandwidth_gbs, random_raw, time_us
 from benchmarks.gpu_linear import num_copies
 
-from rocmforge.kernels.triton.packed_gemv import GemvConfig, packed_gemv, q4_k_int8_gemv
+from rocmforge.kernels.triton.packed_gemv import GemvConfig, packed_gemv
 from rocmforge.kernels.triton.packed_matmul import packed_matmul
 from rocmforge.layers.packed_weight import pack
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
-SWEEP = [GemvConfig(*c) for c in itertools.product((8, 16, 32, 64), (4, 8, 16), (2, 4, 8))]
+SWEEP = [GemvConfig(*c) for c in itertools.product((8, 16, 32), (4, 8, 16), (2, 4, 8))]
 
 
 def _name(config: GemvConfig) -> str:
@@ -44,14 +44,13 @@ def time_shape(qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     expected = packed_matmul(x, packs[0]).float()
     times = {"packed_matmul": time_us(lambda i: packed_matmul(x, packs[i % len(packs)]), 20, 10)}
-    gemv = q4_k_int8_gemv if qtype == GGMLQuantizationType.Q4_K else packed_gemv
     for config in SWEEP:
-        got = gemv(x, packs[0], config=config).float()
+        got = packed_gemv(x, packs[0], config=config).float()
         error = ((got - expected).norm() / expected.norm()).item()
         assert error < 1e-2, f"{_name(config)} disagrees with packed_matmul: relative error {error:.3g}"
 
         def call(i: int, c: GemvConfig = config) -> torch.Tensor:
-            return gemv(x, packs[i % len(packs)], config=c)
+            return packed_gemv(x, packs[i % len(packs)], config=c)
 
         times[_name(config)] = time_us(call, 20, 10)
     dense = [torch.empty(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(num_copies(2 * n * k))]
@@ -61,7 +60,7 @@ def time_shape(qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--types", nargs="+", default=["Q4_K", "Q6_K"])
+    parser.add_argument("--types", nargs="+", default=["Q6_K"])
     args = parser.parse_args()
     bandwidth = copy_bandwidth_gbs()
     print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth:.0f} GB/s", flush=True)

@@ -3,14 +3,12 @@
 GGUF interleaves each block's scales with its quants and orders the nibbles for ggml's CPU loops, so a kernel
 that reads it in place gathers 2-byte-aligned fields and spends its time unpacking. Here every field of a type
 becomes its own row-major plane, one row per output feature (so rows slice and concatenate like the GGUF rows),
-and Q6_K's quants are reordered so that one 32-bit word per column holds the same column of every sub-block:
+and the quants are reordered so that one 32-bit word per column holds the same column of every sub-block:
 
-* Q4_K (148 bytes per 256 values, GGUF 144): ``qs`` int32 [N, K/8]: GGUF's quant bytes as they are, so in each
-  256-value super-block byte 32j + t (word 8j + t // 4, bits 8 (t % 4)..) holds element 64j + t in its low
-  nibble and 64j + 32 + t in its high nibble: ``words & 0x0F0F0F0F`` are 4 consecutive values of sub-block 2j
-  as bytes, ``(words >> 4) & 0x0F0F0F0F`` those of sub-block 2j + 1 (what an int8 dot product instruction
-  takes); ``sc``, ``mn`` uint8 [N, K/32] (the 6-bit scales and mins, unpacked); ``d``, ``dmin`` float16
-  [N, K/256]. value = (d * sc) * q - (dmin * mn).
+* Q4_K (148 bytes per 256 values, GGUF 144): ``qs`` int32 [N, K/8]: in each 256-value super-block, word w
+  (0..31) holds in nibble s (0..7, bits 4s..4s+3) the quant of element 32s + w, so sub-block s is
+  ``(words >> 4s) & 0xF`` of 32 consecutive words; ``sc``, ``mn`` uint8 [N, K/32] (the 6-bit scales and mins,
+  unpacked); ``d``, ``dmin`` float16 [N, K/256]. value = (d * sc) * q - (dmin * mn).
 * Q6_K (210 bytes per 256 values, as GGUF): ``ql`` int32 [N, K/8], the low 4 bits of each 6-bit quant placed
   as Q4_K's; ``qh`` int16 [N, K/8]: halfword w (0..31) of a super-block holds in bits 2s..2s+1 the top 2
   bits of element 32s + w; ``sc`` int8 [N, K/16] (one scale per 16 values, GGUF order); ``d`` float16
@@ -90,8 +88,7 @@ class PackedWeight:
             out = torch.mul(qs.view(n, k // 32, 32).to(torch.float32), d.to(torch.float32).unsqueeze(-1))
         elif self.qtype == _Q.Q4_K:
             qs, sc, mn, d, dmin = self.planes
-            q = _split_nibbles(qs.contiguous().view(torch.uint8).view(-1, 128), 32).view(n, k // 256, 8, 32)
-            q = q.to(torch.float32)  # [n, k/256, 8 (sub-block), 32]
+            q = _nibbles(qs, n, k).to(torch.float32)  # [n, k/256, 8, 32]
             d32 = d.to(torch.float32).view(n, -1, 1)
             dl = (d32 * sc.view(n, -1, 8).to(torch.float32)).unsqueeze(-1)
             ml = (dmin.to(torch.float32).view(n, -1, 1) * mn.view(n, -1, 8).to(torch.float32)).unsqueeze(-1)
@@ -142,12 +139,12 @@ def _f16_field(blocks: torch.Tensor, offset: int) -> torch.Tensor:
 
 def _pack_q4_k(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     # GGUF block: d f16 | dmin f16 | scales[12] | qs[128]: 4 runs of 32 bytes, low nibbles = sub-block 2r,
-    # high nibbles = sub-block 2r + 1 (rocmforge.gguf.quants._q4_k). The quants stay in that order.
+    # high nibbles = sub-block 2r + 1 (rocmforge.gguf.quants._q4_k).
     from rocmforge.gguf.quants import _k_scale_min
 
     sc, mn = _k_scale_min(blocks[:, 4:16])
-    qs = blocks[:, 16:144].contiguous().view(torch.int32)
-    return qs, sc, mn, _f16_field(blocks, 0), _f16_field(blocks, 2)
+    q = _split_nibbles(blocks[:, 16:144], 32).view(-1, 8, 32)
+    return _pack_nibble_words(q), sc, mn, _f16_field(blocks, 0), _f16_field(blocks, 2)
 
 
 def _pack_q6_k(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -107,12 +107,6 @@ def _triton_on(device: torch.device) -> bool:
     return device.type == "cpu" and interpreter_enabled() and triton_available()
 
 
-def _int8_dot_on(x: torch.Tensor) -> bool:
-    """Whether a single-row Q4_K matmul takes the int8 dot-product kernel: half-precision activations (float32
-    ones are the exact reference mode) on an NVIDIA GPU (dp4a; elsewhere the kernel would emulate it)."""
-    return x.dtype in _HALF_DTYPES and x.device.type == "cuda" and torch.version.hip is None
-
-
 def _dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, k: int, dtype: torch.dtype) -> torch.Tensor:
     """Rows of blocks ``raw`` (R, row_bytes) -> (R, k) in ``dtype``, by Triton where it runs, else by torch."""
     if _triton_on(raw.device):
@@ -254,17 +248,15 @@ class QuantLinear:
     def fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` by a kernel that dequantizes inside the matmul (Triton device only), in x's dtype, no bias.
 
-        Packed weights: one row of Q6_K ``packed_gemv``, one row of Q4_K in bf16/fp16 on an NVIDIA GPU
-        ``q4_k_int8_gemv``, else ``packed_matmul`` (any M); GGUF blocks: ``quant_matmul`` (M <= 16).
+        Packed weights: ``packed_gemv`` for one row of Q6_K, else ``packed_matmul`` (any M); GGUF blocks:
+        ``quant_matmul`` (M <= 16).
         """
         if self.packed is not None:
-            from rocmforge.kernels.triton.packed_gemv import GEMV_TYPES, packed_gemv, q4_k_int8_gemv
+            from rocmforge.kernels.triton.packed_gemv import GEMV_TYPES, packed_gemv
             from rocmforge.kernels.triton.packed_matmul import packed_matmul
 
             if x.shape[0] == 1 and self.qtype in GEMV_TYPES:
                 return packed_gemv(x, self.packed, out_dtype=x.dtype)  # Q6_K's faster single-row kernel
-            if x.shape[0] == 1 and self.qtype == GGMLQuantizationType.Q4_K and _int8_dot_on(x):
-                return q4_k_int8_gemv(x, self.packed, out_dtype=x.dtype)
             return packed_matmul(x, self.packed, out_dtype=x.dtype)
         from rocmforge.kernels.triton.quant_matmul import quant_matmul
 

@@ -47,26 +47,21 @@ Q8_0: tl.constexpr = tl.constexpr(8)
 
 @triton.jit
 def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
-    """K step ``i`` (SUBS sub-blocks of 32) of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, SUBS * 32] float32.
-
-    Axes (s, w, b): element 32s + 4w + b of the super-block, in byte b of word 8 (s // 2) + w, nibble s % 2.
-    """
+    """K step ``i`` (SUBS sub-blocks of 32) of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, SUBS * 32] float32."""
     sb = i // (8 // SUBS)  # super-block
-    s = ((i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS))[None, :, None, None]  # its sub-blocks
-    w = tl.arange(0, 8)[None, None, :, None]
-    b = tl.arange(0, 4)[None, None, None, :]
-    r4 = rows[:, :, None, None]
-    m4 = mask_n[:, :, None, None]
-    # Sub-blocks 2j and 2j + 1 share their words (low and high nibbles): the second load hits L1.
-    words = tl.load(qs_ptr + r4 * (K // 8) + sb * 32 + 8 * (s // 2) + w, mask=m4, other=0)  # [BN, SUBS, 8, 1]
-    sc = tl.load(sc_ptr + r4 * (K // 32) + sb * 8 + s, mask=m4, other=0).to(tl.float32)  # [BN, SUBS, 1, 1]
-    mn = tl.load(mn_ptr + r4 * (K // 32) + sb * 8 + s, mask=m4, other=0).to(tl.float32)
-    d = tl.load(d_ptr + r4 * (K // 256) + sb, mask=m4, other=0.0).to(tl.float32)  # [BN, 1, 1, 1]
-    dmin = tl.load(dmin_ptr + r4 * (K // 256) + sb, mask=m4, other=0.0).to(tl.float32)
-    q = (words >> (8 * b + 4 * (s % 2))) & 0xF  # [BN, SUBS, 8, 4]
+    s = (i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS)  # its sub-blocks
+    w = tl.arange(0, 32)
+    # The 32 words hold all 8 sub-blocks; a step of fewer re-reads them (from L1/L2) to keep its tiles small.
+    words = tl.load(qs_ptr + rows * (K // 8) + sb * 32 + w[None, :], mask=mask_n, other=0)  # [BN, 32]
+    sub = rows * (K // 32) + sb * 8 + s[None, :]  # [BN, SUBS]
+    sc = tl.load(sc_ptr + sub, mask=mask_n, other=0).to(tl.float32)
+    mn = tl.load(mn_ptr + sub, mask=mask_n, other=0).to(tl.float32)
+    d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)  # [BN, 1]
+    dmin = tl.load(dmin_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
+    q = (words[:, None, :] >> (4 * s)[None, :, None]) & 0xF  # [BN, SUBS, 32 (w)]: element 32s + w
     # Exact int -> float in two cheap ops: 2**23 + q has q in its low mantissa bits.
     qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    val = qf * (d * sc) - dmin * mn
+    val = qf * (d * sc)[:, :, None] - (dmin * mn)[:, :, None]
     return tl.reshape(val, (BLOCK_N, SUBS * 32))
 
 
