@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from rocmforge import LLM, EngineConfig, SamplingParams
-from rocmforge.engine.cuda_graphs import capture_sizes
+from rocmforge.engine.cuda_graphs import capture_sizes, replayable
+from rocmforge.engine.scheduler_output import ScheduledRequest
 from tests.engine.test_llm import PROMPTS
 
 
@@ -25,6 +26,20 @@ def test_capture_sizes_cover_every_batch_up_to_the_maximum() -> None:
         sizes = capture_sizes(max_batch)
         assert max(sizes) == max_batch
         assert all(any(s >= batch for s in sizes) for batch in range(1, max_batch + 1))
+
+
+def _item(tokens: int, samples: bool = True, blocks: int = 2) -> ScheduledRequest:
+    return ScheduledRequest("r", (7,) * tokens, 20, tuple(range(blocks)), tokens > 1, samples, SamplingParams())
+
+
+def test_only_sampling_single_token_steps_replay_graphs() -> None:
+    assert replayable([_item(1), _item(1)], max_batch=4, table_width=8)
+    assert not replayable([], max_batch=4, table_width=8)
+    assert not replayable([_item(1)] * 5, max_batch=4, table_width=8)  # more than the largest graph
+    assert not replayable([_item(1), _item(3)], max_batch=4, table_width=8)  # a prefill chunk
+    # A one-token chunk in the middle of a prompt samples nothing: replaying would hand the sampler its logits.
+    assert not replayable([_item(1), _item(1, samples=False)], max_batch=4, table_width=8)
+    assert not replayable([_item(1, blocks=9)], max_batch=4, table_width=8)  # longer than max_model_len's table
 
 
 def test_cpu_engine_never_uses_graphs() -> None:

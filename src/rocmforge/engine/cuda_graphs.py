@@ -40,13 +40,24 @@ from rocmforge.models.kv_cache import PagedKVCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DecodeGraphs", "capture_sizes"]
+__all__ = ["DecodeGraphs", "capture_sizes", "replayable"]
 
 
 def capture_sizes(max_batch: int) -> tuple[int, ...]:
     """Batch sizes to capture: 1, 2, 4, 8, the multiples of 16 below max_batch, and max_batch itself."""
     sizes = {s for s in (1, 2, 4, 8) if s < max_batch} | set(range(16, max_batch, 16)) | {max_batch}
     return tuple(sorted(sizes))
+
+
+def replayable(scheduled: Sequence[ScheduledRequest], max_batch: int, table_width: int) -> bool:
+    """Whether a step's requests fit a decode graph: 1..max_batch of them, each computing one token that it samples
+    (a decode, or a prompt's last token) with a block table of at most ``table_width`` blocks.
+
+    A one-token chunk in the middle of a prompt samples nothing, and a graph returns logits for every row.
+    """
+    return 0 < len(scheduled) <= max_batch and all(
+        item.num_tokens == 1 and item.samples_token and len(item.block_table) <= table_width for item in scheduled
+    )
 
 
 class DecodeGraphs:
@@ -154,12 +165,8 @@ class DecodeGraphs:
         )
 
     def fits(self, scheduled: Sequence[ScheduledRequest]) -> bool:
-        """Whether a step can replay a graph: captured, only single-token decodes, and not too many of them."""
-        return (
-            bool(self._graphs)
-            and 0 < len(scheduled) <= self.max_batch
-            and all(item.num_tokens == 1 and len(item.block_table) <= self.table_width for item in scheduled)
-        )
+        """Whether this step can replay a captured graph (see :func:`replayable`)."""
+        return bool(self._graphs) and replayable(scheduled, self.max_batch, self.table_width)
 
     def _stage(self, scheduled: Sequence[ScheduledRequest]) -> int:
         """Write the step's inputs (and padding rows up to the graph's size) into the pinned buffers."""
