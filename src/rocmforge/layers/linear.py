@@ -7,7 +7,7 @@ satisfy :class:`LinearLayer`, and :class:`ConcatLinear` runs several of them as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -51,13 +51,17 @@ def matmul_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight)
 
 
-def stack_rows(layers: Sequence[Any], field: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Concatenate the layers' row-major ``field`` tensors (and biases) and re-point each layer at its slice.
+def stack_rows(
+    layers: Sequence[Any], field: str, cat: Callable[[list[Any]], Any] = torch.cat
+) -> tuple[Any, torch.Tensor | None]:
+    """Concatenate the layers' row-major ``field`` weights (and biases) and re-point each layer at its slice.
 
-    The re-pointing keeps one copy of every matrix in memory while the parts stay usable on their own. Where
-    some layers have a bias and others not, the missing ones become exact zeros: outputs stay bit-identical.
+    ``field`` holds a tensor, or anything whose rows ``cat`` stacks and ``[start:stop]`` slices (the planes of a
+    packed weight). The re-pointing keeps one copy of every matrix in memory while the parts stay usable on their
+    own. Where some layers have a bias and others not, the missing ones become exact zeros: outputs stay
+    bit-identical.
     """
-    stacked = torch.cat([getattr(layer, field) for layer in layers])
+    stacked = cat([getattr(layer, field) for layer in layers])
     bias = None
     biases = [layer.bias for layer in layers if layer.bias is not None]
     if biases:

@@ -65,6 +65,12 @@ class PackedWeight:
         planes = tuple(p[start:stop] for p in self.planes)
         return PackedWeight(self.qtype, (int(planes[0].shape[0]), self.shape[1]), planes)
 
+    def __getitem__(self, rows: slice) -> PackedWeight:
+        """Rows ``rows`` (a slice without step; views of the planes), as a tensor's rows slice."""
+        if rows.step not in (None, 1):
+            raise ValueError(f"PackedWeight rows take no step, got {rows}")
+        return self.rows(rows.start or 0, rows.stop)
+
     def index_select(self, ids: torch.Tensor) -> PackedWeight:
         """Rows ``ids`` (a 1-D long tensor on the planes' device), copied."""
         planes = tuple(p.index_select(0, ids) for p in self.planes)

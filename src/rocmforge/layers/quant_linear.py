@@ -314,27 +314,8 @@ class QuantLinear:
         if first.packed is None:
             raw, bias = stack_rows(linears, "raw")
             return cls(raw, first.qtype, (int(raw.shape[0]), first.in_features), bias, first.dtype)
-        packed = PackedWeight.cat([linear.packed for linear in linears if linear.packed is not None])
-        bias = _stack_biases(linears)
-        offset = 0
-        for linear in linears:
-            stop = offset + linear.out_features
-            linear.packed = packed.rows(offset, stop)
-            if linear.bias is not None and bias is not None:
-                linear.bias = bias[offset:stop]
-            offset = stop
+        packed, bias = stack_rows(linears, "packed", PackedWeight.cat)
         return cls.from_packed(packed, bias, first.dtype)
-
-
-def _stack_biases(linears: Sequence[QuantLinear]) -> torch.Tensor | None:
-    """The layers' biases concatenated, exact zeros for those without one; None when none has one."""
-    biases = [linear.bias for linear in linears if linear.bias is not None]
-    if not biases:
-        return None
-    like = biases[0]
-    return torch.cat(
-        [linear.bias if linear.bias is not None else like.new_zeros(linear.out_features) for linear in linears]
-    )
 
 
 def _dequantize_packed(packed: PackedWeight, dtype: torch.dtype) -> torch.Tensor:
