@@ -14,12 +14,14 @@ super-block, its top 2 bits in bits 2s..2s+1 of halfword w). K splits across pro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
-from rocmforge.kernels.triton.packed_matmul import _auto_split, _sum_splits_kernel
+from rocmforge.kernels.triton.packed_matmul import _auto_split, split_outputs, sum_splits
 from rocmforge.layers.packed_weight import PackedWeight
 
 __all__ = ["GEMV_TYPES", "GemvConfig", "packed_gemv"]
@@ -63,16 +65,16 @@ def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT
     tl.store(out_ptr + pid_k * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
+@dataclass(frozen=True)
 class GemvConfig:
     """Launch parameters: rows per program, the grid's target programs per SM (sets the K split), warps.
 
     The defaults won benchmarks/gpu_gemv.py's sweep of 27 configurations on an H100 (BENCHMARKS.md).
     """
 
-    def __init__(self, block_n: int = 8, programs_per_sm: int = 8, num_warps: int = 4) -> None:
-        self.block_n = block_n
-        self.programs_per_sm = programs_per_sm
-        self.num_warps = num_warps
+    block_n: int = 8
+    programs_per_sm: int = 8
+    num_warps: int = 4
 
 
 def packed_gemv(
@@ -91,13 +93,10 @@ def packed_gemv(
     x = x.contiguous()
     grid_n = triton.cdiv(n, config.block_n)
     split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device)
-    out = torch.empty((1, n), dtype=out_dtype, device=x.device)
-    target = out if split == 1 else torch.empty((split, 1, n), dtype=torch.float32, device=x.device)
+    out, target = split_outputs(1, n, split, out_dtype, x.device)
     ql, qh, sc, d = (p.contiguous() for p in weight.planes)
     _q6_k_gemv_kernel[(grid_n, split)](
         x, target, ql, qh, sc, d, n, k, split, BLOCK_N=config.block_n, num_warps=config.num_warps
     )
-    if split > 1:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(n, block),)](target, out, n, SPLIT_K=split, BLOCK=block)
+    sum_splits(target, out, split)
     return out

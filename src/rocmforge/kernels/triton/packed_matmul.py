@@ -373,8 +373,7 @@ def packed_matmul(
     split = config.split_k or _auto_split(grid_n * grid_m, n_steps, config.programs_per_sm, x.device)
     if x.stride(1) != 1:
         x = x.contiguous()
-    out = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    out, target = split_outputs(m, n, split, out_dtype, x.device)
     precision = FP32_PRECISION if x.device.type == "cuda" else "ieee"
     _packed_matmul_kernel[(grid_n, grid_m, split)](
         x,
@@ -395,10 +394,25 @@ def packed_matmul(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
+    sum_splits(target, out, split)
+    return out
+
+
+def split_outputs(
+    m: int, n: int, split: int, out_dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (M, N) output, and where a kernel split ``split`` ways over K writes: the output itself when not
+    split, else float32 partials (split, M, N) that :func:`sum_splits` adds into it."""
+    out = torch.empty((m, n), dtype=out_dtype, device=device)
+    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=device)
+    return out, target
+
+
+def sum_splits(target: torch.Tensor, out: torch.Tensor, split: int) -> None:
+    """``out`` = the sum of ``target``'s split partials in split order (deterministic); nothing when not split."""
     if split > 1:
         block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * n, block),)](target, out, m * n, SPLIT_K=split, BLOCK=block)
-    return out
+        _sum_splits_kernel[(triton.cdiv(out.numel(), block),)](target, out, out.numel(), SPLIT_K=split, BLOCK=block)
 
 
 def dequantize_packed(weight: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
