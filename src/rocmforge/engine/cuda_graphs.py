@@ -177,11 +177,10 @@ class DecodeGraphs:
         i64, seq_lens, tables = self._np_i64, self._np_seq_lens, self._np_tables
         bs = self.block_size
         for row, item in enumerate(scheduled):
-            position = item.start_position
             i64[0, row] = item.token_ids[0]
-            i64[1, row] = position
-            i64[2, row] = item.block_table[position // bs] * bs + position % bs
-            seq_lens[row] = position + 1
+            i64[1, row] = item.start_position
+            i64[2, row] = item.slot_mapping(bs)[0]
+            seq_lens[row] = item.context_len
             tables[row, : len(item.block_table)] = item.block_table
         pad = slice(batch, size)
         i64[0, pad] = 0

@@ -33,8 +33,8 @@ class ModelRunner:
     """Runs a DecoderModel over a PagedKVCache it owns; ``release()`` frees the cache's memory.
 
     With ``cuda_graph_max_batch`` (a GPU model only), steps of up to that many single-token decodes replay
-    captured CUDA graphs (``capture_cuda_graphs()`` records them); other steps run eagerly. The cache then has
-    one block more than ``num_blocks``, which only the graphs' padding rows write.
+    CUDA graphs, which ``warm_up()`` captures; other steps run eagerly. The cache then has one block more than
+    ``num_blocks``, which only the graphs' padding rows write.
     """
 
     def __init__(
@@ -47,14 +47,14 @@ class ModelRunner:
     ) -> None:
         self.model = model
         self.block_size = block_size
-        graphs = cuda_graph_max_batch is not None and model.device.type == "cuda"
-        num_cache_blocks = num_blocks + 1 if graphs else num_blocks
+        graph_batch = cuda_graph_max_batch if model.device.type == "cuda" else None
+        num_cache_blocks = num_blocks + 1 if graph_batch is not None else num_blocks
         self.kv_cache = PagedKVCache(model.config, num_cache_blocks, block_size, model.dtype, model.device)
         self.graphs: DecodeGraphs | None = None
         self.num_graph_steps = 0
-        if graphs and cuda_graph_max_batch is not None:
+        if graph_batch is not None:
             max_len = max_model_len or model.config.context_length
-            self.graphs = DecodeGraphs(model, self.kv_cache, num_blocks, cuda_graph_max_batch, max_len)
+            self.graphs = DecodeGraphs(model, self.kv_cache, num_blocks, graph_batch, max_len)
 
     @property
     def device(self) -> torch.device:

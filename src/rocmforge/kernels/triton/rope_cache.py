@@ -133,8 +133,8 @@ def rope_store_kv_triton(
     rest = head_dim - rope_dim
     # A decode step has one token: spread its heads over ~16 programs (one program for all 64 heads of a 7B
     # model took 14.5 us on an H100, about 5x a launch's cost); long steps get up to 4096 pairs per program.
-    block_h = min(triton.next_power_of_2(triton.cdiv(rows, 16)) if num_t < 16 else rows, max(1, 4096 // half_pad))
-    block_h = triton.next_power_of_2(block_h)
+    per_program = triton.cdiv(rows, 16) if num_t < 16 else rows
+    block_h = min(triton.next_power_of_2(per_program), max(1, 4096 // half_pad))  # both powers of two
     _rope_store_kv_kernel[(num_t, triton.cdiv(rows, block_h))](
         qk,
         v,
