@@ -1,20 +1,18 @@
 """Decode steps replayed from CUDA graphs against the same engine run op by op (``enforce_eager``).
 
-GPU tests use ROCMFORGE_TEST_MODEL when set (a truncated real model on the GPU machine), else smollm2-135m. The
+The GPU test uses the first of test_gpu_engine's models (ROCMFORGE_TEST_MODEL's first entry, else smollm2-135m). The
 batch sizes are chosen to need padding rows (5 and 12 prompts against graphs of 8 and 16), whose K/V go to a
 reserved block: if they touched a real sequence's cache, the greedy paths would part.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from rocmforge import LLM, EngineConfig, SamplingParams
 from rocmforge.engine.cuda_graphs import capture_sizes, replayable
 from rocmforge.engine.scheduler_output import ScheduledRequest
+from tests.engine.test_gpu_engine import gpu_test_models, resolve_test_model
 from tests.engine.test_llm import PROMPTS
 
 
@@ -57,9 +55,7 @@ def test_cpu_engine_never_uses_graphs() -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("num_prompts", [5, 12])
 def test_graph_decode_matches_eager_decode(num_prompts: int) -> None:
-    from rocmforge.hub import resolve_model
-
-    path = Path(os.environ.get("ROCMFORGE_TEST_MODEL") or resolve_model("smollm2-135m"))
+    path = resolve_test_model(gpu_test_models()[0])
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True, logprobs=0)
     prompts = PROMPTS[:num_prompts]
     runs = {}
