@@ -1,6 +1,7 @@
-"""Decode GEMV (M = 1) over packed Q6_K weights: ``packed_gemv`` (swept launches) against packed_matmul.
+"""Decode GEMV (M = 1) over packed Q4_K/Q6_K weights: ``packed_gemv`` (swept launches) against packed_matmul.
 
-For the 7B shapes, per-call microseconds of ``packed_gemv`` at each swept configuration, ``packed_matmul`` at
+For the 7B shapes, per-call microseconds of ``packed_gemv`` at each swept configuration (``--committed``: only the
+type's committed configuration), ``packed_matmul`` at
 M = 1 (the committed config) and ``F.linear`` on a bf16 weight of the same shape (what a bf16 model runs), with
 the achieved bandwidth of the quantized bytes as a fraction of the copy bandwidth measured in the same run.
 Timing as benchmarks/gpu_linear.py: CUDA-graph replays cycling through enough weight copies that every call
@@ -25,26 +26,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.gpu_common import copy_bandwidth_gbs, random_raw, time_us
 from benchmarks.gpu_linear import num_copies
 
-from rocmforge.kernels.triton.packed_gemv import GemvConfig, packed_gemv
+from rocmforge.kernels.triton.packed_gemv import CONFIGS, GemvConfig, packed_gemv
 from rocmforge.kernels.triton.packed_matmul import packed_matmul
 from rocmforge.layers.packed_weight import pack
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
-SWEEP = [GemvConfig(*c) for c in itertools.product((8, 16, 32), (4, 8, 16), (2, 4, 8))]
+SWEEP = [GemvConfig(*c) for c in itertools.product((8, 16, 32, 64, 128), (4, 8, 16), (2, 4, 8))]
 
 
 def _name(config: GemvConfig) -> str:
     return f"gemv bn={config.block_n} sm={config.programs_per_sm} w={config.num_warps}"
 
 
-def time_shape(qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator) -> tuple[dict[str, float], int]:
+def time_shape(
+    qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator, sweep: list[GemvConfig]
+) -> tuple[dict[str, float], int]:
     """Per-call microseconds of every variant at one shape, and the quantized weight's bytes."""
     raw = random_raw(qtype, n, k, gen)
     packs = [pack(raw.clone(), qtype, (n, k)) for _ in range(num_copies(raw.numel()))]
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     expected = packed_matmul(x, packs[0]).float()
     times = {"packed_matmul": time_us(lambda i: packed_matmul(x, packs[i % len(packs)]), 20, 10)}
-    for config in SWEEP:
+    for config in sweep:
         got = packed_gemv(x, packs[0], config=config).float()
         error = ((got - expected).norm() / expected.norm()).item()
         assert error < 1e-2, f"{_name(config)} disagrees with packed_matmul: relative error {error:.3g}"
@@ -60,7 +63,8 @@ def time_shape(qtype: GGMLQuantizationType, n: int, k: int, gen: torch.Generator
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--types", nargs="+", default=["Q6_K"])
+    parser.add_argument("--types", nargs="+", default=["Q4_K", "Q6_K"])
+    parser.add_argument("--committed", action="store_true", help="time only each type's committed configuration")
     args = parser.parse_args()
     bandwidth = copy_bandwidth_gbs()
     print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bandwidth:.0f} GB/s", flush=True)
@@ -70,7 +74,7 @@ def main() -> int:
         totals: dict[str, float] = {}
         total_bytes = 0
         for n, k in SHAPES:
-            times, nbytes = time_shape(qtype, n, k, gen)
+            times, nbytes = time_shape(qtype, n, k, gen, [CONFIGS[qtype]] if args.committed else SWEEP)
             total_bytes += nbytes
             for name, us in times.items():
                 totals[name] = totals.get(name, 0.0) + us

@@ -248,7 +248,7 @@ class QuantLinear:
     def fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` by a kernel that dequantizes inside the matmul (Triton device only), in x's dtype, no bias.
 
-        Packed weights: ``packed_gemv`` for one row of Q6_K, else ``packed_matmul`` (any M); GGUF blocks:
+        Packed weights: ``packed_gemv`` for one row of Q4_K or Q6_K, else ``packed_matmul`` (any M); GGUF blocks:
         ``quant_matmul`` (M <= 16).
         """
         if self.packed is not None:
@@ -256,7 +256,7 @@ class QuantLinear:
             from rocmforge.kernels.triton.packed_matmul import packed_matmul
 
             if x.shape[0] == 1 and self.qtype in GEMV_TYPES:
-                return packed_gemv(x, self.packed, out_dtype=x.dtype)  # Q6_K's faster single-row kernel
+                return packed_gemv(x, self.packed, out_dtype=x.dtype)  # the faster single-row kernels
             return packed_matmul(x, self.packed, out_dtype=x.dtype)
         from rocmforge.kernels.triton.quant_matmul import quant_matmul
 

@@ -1,14 +1,22 @@
-"""Single-row matmul (decode GEMV) over packed Q6_K weights, with the tile kept in its natural shape.
+"""Single-row matmuls (decode GEMV) over packed Q4_K and Q6_K weights, built for the code the compiler makes.
 
-``packed_matmul``'s M = 1 path builds each K step's Q6_K tile as ``[rows, sub-blocks, 2, 16]`` and reshapes it to
-2-D before multiplying by x. Here the tile keeps that shape: x is loaded in the same shape (16 contiguous values
-per half sub-block), the products accumulate in a float32 tile of that shape, and the reduction over K happens
-once, after the last step. Measured on an H100 over the 7B shapes (benchmarks/gpu_gemv.py, BENCHMARKS.md): 40.6%
-of the copy bandwidth against packed_matmul's 36.2% for Q6_K; the same change for Q4_K gained nothing (30.3%
-against 31.2%), so Q4_K stays with packed_matmul.
+``packed_matmul``'s M = 1 path builds a 2-D ``[rows, K step]`` tile and multiplies it by x; the reshape and the
+broadcast of x cost shared-memory round trips and barriers in every K step of its compiled loop, and its word
+loads are 8 bytes wide because the row stride (K / 8 words) is derived inside the kernel, where the compiler cannot
+see that it is a multiple of 4. The kernels here avoid both:
 
-Layout: :mod:`rocmforge.layers.packed_weight` (the low nibble of element 32s + w in nibble s of word w of a
-super-block, its top 2 bits in bits 2s..2s+1 of halfword w). K splits across programs (float32 partials summed by
+* Q6_K keeps the tile in its natural ``[rows, sub-blocks, 2, 16]`` shape, loads x in that shape (16 contiguous
+  values per half sub-block) and reduces over K once, after the last step. On an H100 over the 7B shapes
+  (benchmarks/gpu_gemv.py, BENCHMARKS.md): 40.6% of the copy bandwidth against packed_matmul's 36.2%.
+* Q4_K loads a ``[rows, 32 words]`` tile per super-block (16-byte loads: the row strides are arguments, which
+  Triton specializes as multiples of 16) and walks the 8 sub-blocks (nibble s of every word) with x's 32 values of
+  sub-block s, a vector small enough that every thread loads the values of its own columns (no layout
+  conversion, no barrier in the loop). A sub-block's 6-bit scales and mins arrive as one 8-byte word per row and
+  super-block (the uint8 planes viewed as int64). Each thread holds several rows, so that every loaded x value
+  serves them all.
+
+Layout: :mod:`rocmforge.layers.packed_weight` (nibble s of word w of a super-block holds element 32s + w; Q6_K's
+top 2 bits in bits 2s..2s+1 of halfword w). K splits across programs (float32 partials summed by
 ``packed_matmul``'s deterministic second kernel) until the grid has enough programs to keep memory busy.
 """
 
@@ -24,10 +32,10 @@ from gguf.constants import GGMLQuantizationType
 from rocmforge.kernels.triton.packed_matmul import _auto_split, split_outputs, sum_splits
 from rocmforge.layers.packed_weight import PackedWeight
 
-__all__ = ["GEMV_TYPES", "GemvConfig", "packed_gemv"]
+__all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "packed_gemv"]
 
 _Q = GGMLQuantizationType
-GEMV_TYPES = frozenset({_Q.Q6_K})
+GEMV_TYPES = frozenset({_Q.Q4_K, _Q.Q6_K})
 
 
 @triton.jit
@@ -65,22 +73,61 @@ def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT
     tl.store(out_ptr + pid_k * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
+@triton.jit
+def _q4_k_gemv_kernel(
+    x_ptr, out_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, N, K, stride_qs, stride_sb, SPLIT_K, BLOCK_N: tl.constexpr
+):
+    """sc_ptr, mn_ptr: int64 views of the scale and min planes (byte s of word sb = sub-block s of super-block sb)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = offs_n.to(tl.int64)
+    w = tl.arange(0, 32)
+    n_super = K // 256
+    per_split = tl.cdiv(n_super, SPLIT_K)
+    start = pid_k * per_split
+    stop = tl.minimum(start + per_split, n_super)
+    acc = tl.zeros((BLOCK_N, 32), dtype=tl.float32)
+    for sb in range(start, stop):
+        words = tl.load(qs_ptr + rows[:, None] * stride_qs + sb * 32 + w[None, :], mask=mask_n[:, None], other=0)
+        scales = tl.load(sc_ptr + rows * stride_sb + sb, mask=mask_n, other=0)
+        mins = tl.load(mn_ptr + rows * stride_sb + sb, mask=mask_n, other=0)
+        d = tl.load(d_ptr + rows * stride_sb + sb, mask=mask_n, other=0.0).to(tl.float32)
+        dmin = tl.load(dmin_ptr + rows * stride_sb + sb, mask=mask_n, other=0.0).to(tl.float32)
+        for s in tl.static_range(8):
+            xs = tl.load(x_ptr + sb * 256 + 32 * s + w).to(tl.float32)  # [32]: x of sub-block s
+            # Exact int -> float in two cheap ops: 2**23 + v has v in its low mantissa bits.
+            sc = (((scales >> (8 * s)) & 0xFF).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            mn = (((mins >> (8 * s)) & 0xFF).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            q = (((words >> (4 * s)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            acc += (q * (d * sc)[:, None] - (dmin * mn)[:, None]) * xs[None, :]
+    total = tl.sum(acc, axis=1)
+    tl.store(out_ptr + pid_k * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
 @dataclass(frozen=True)
 class GemvConfig:
-    """Launch parameters: rows per program, the grid's target programs per SM (sets the K split), warps.
-
-    The defaults won benchmarks/gpu_gemv.py's sweep of 27 configurations on an H100 (BENCHMARKS.md).
-    """
+    """Launch parameters: rows per program, the grid's target programs per SM (sets the K split), warps."""
 
     block_n: int = 8
     programs_per_sm: int = 8
     num_warps: int = 4
 
 
+# Per type: Q6_K's won benchmarks/gpu_gemv.py's sweep of 27 configurations on an H100; Q4_K's won a sweep of 48
+# on an H200 over the 7B decode shapes (BENCHMARKS.md).
+CONFIGS: dict[GGMLQuantizationType, GemvConfig] = {
+    _Q.Q4_K: GemvConfig(block_n=64, programs_per_sm=8, num_warps=2),
+    _Q.Q6_K: GemvConfig(block_n=8, programs_per_sm=8, num_warps=4),
+}
+
+
 def packed_gemv(
     x: torch.Tensor, weight: PackedWeight, out_dtype: torch.dtype | None = None, config: GemvConfig | None = None
 ) -> torch.Tensor:
-    """``x @ W.T`` for one row x (1, K) float32/float16/bfloat16 and a packed Q6_K weight: (1, N) of out_dtype."""
+    """``x @ W.T`` for one row x (1, K) float32/float16/bfloat16 and a packed Q4_K or Q6_K weight: (1, N) of
+    out_dtype. ``config`` overrides the type's :data:`CONFIGS` entry (tests, benchmarks)."""
     n, k = weight.shape
     if weight.qtype not in GEMV_TYPES:
         raise ValueError(f"packed_gemv: {weight.qtype.name} is not one of {sorted(t.name for t in GEMV_TYPES)}")
@@ -88,15 +135,24 @@ def packed_gemv(
         raise ValueError(f"packed_gemv: x must be (1, {k}), got {tuple(x.shape)}")
     if x.device != weight.device:
         raise ValueError(f"packed_gemv: x on {x.device}, weight on {weight.device}")
-    config = config or GemvConfig()
+    config = config or CONFIGS[weight.qtype]
     out_dtype = out_dtype or x.dtype
     x = x.contiguous()
     grid_n = triton.cdiv(n, config.block_n)
     split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device)
     out, target = split_outputs(1, n, split, out_dtype, x.device)
-    ql, qh, sc, d = (p.contiguous() for p in weight.planes)
-    _q6_k_gemv_kernel[(grid_n, split)](
-        x, target, ql, qh, sc, d, n, k, split, BLOCK_N=config.block_n, num_warps=config.num_warps
-    )
+    if weight.qtype == _Q.Q4_K:
+        qs, sc, mn, d, dmin = (p.contiguous() for p in weight.planes)
+        # 8 scale bytes per row and super-block as one word (K is a multiple of 256, so rows stay 8-byte aligned).
+        sc64, mn64 = sc.view(torch.int64), mn.view(torch.int64)
+        _q4_k_gemv_kernel[(grid_n, split)](
+            x, target, qs, sc64, mn64, d, dmin, n, k, qs.stride(0), d.stride(0), split,
+            BLOCK_N=config.block_n, num_warps=config.num_warps,
+        )  # fmt: skip
+    else:
+        ql, qh, sc, d = (p.contiguous() for p in weight.planes)
+        _q6_k_gemv_kernel[(grid_n, split)](
+            x, target, ql, qh, sc, d, n, k, split, BLOCK_N=config.block_n, num_warps=config.num_warps
+        )
     sum_splits(target, out, split)
     return out
