@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
-from rocmforge.kernels.triton.packed_matmul import _auto_split, split_outputs, sum_splits
+from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, split_outputs, sum_splits
 from rocmforge.layers.packed_weight import PackedWeight
 
 __all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "packed_gemv"]
@@ -51,7 +51,7 @@ def _q6_k_partial(ql_ptr, qh_ptr, sc_ptr, d_ptr, x_ptr, rows, mask_n, sb, K, BLO
     d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + sb * 256 + 32 * s + 16 * h + u).to(tl.float32)  # [1, 8, 2, 16]
     q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # 0..63
-    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388640.0  # (2**23 + q) - (2**23 + 32) = q - 32
+    qf = exact_float(q, 32)  # q - 32
     return (d * sc) * qf * x
 
 
@@ -97,10 +97,9 @@ def _q4_k_gemv_kernel(
         dmin = tl.load(dmin_ptr + rows * stride_sb + sb, mask=mask_n, other=0.0).to(tl.float32)
         for s in tl.static_range(8):
             xs = tl.load(x_ptr + sb * 256 + 32 * s + w).to(tl.float32)  # [32]: x of sub-block s
-            # Exact int -> float in two cheap ops: 2**23 + v has v in its low mantissa bits.
-            sc = (((scales >> (8 * s)) & 0xFF).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-            mn = (((mins >> (8 * s)) & 0xFF).to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-            q = (((words >> (4 * s)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            sc = exact_float(((scales >> (8 * s)) & 0xFF).to(tl.int32))
+            mn = exact_float(((mins >> (8 * s)) & 0xFF).to(tl.int32))
+            q = exact_float((words >> (4 * s)) & 0xF)
             acc += (q * (d * sc)[:, None] - (dmin * mn)[:, None]) * xs[None, :]
     total = tl.sum(acc, axis=1)
     tl.store(out_ptr + pid_k * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)

@@ -46,6 +46,13 @@ Q8_0: tl.constexpr = tl.constexpr(8)
 
 
 @triton.jit
+def exact_float(v, offset: tl.constexpr = 0):
+    """``v - offset`` in float32 for int32 ``0 <= v < 2**23``, exactly: 2**23 + v has v in its low mantissa bits,
+    so an OR and one subtraction replace the slower int -> float conversion (offset folds into the subtraction)."""
+    return (v | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + offset)
+
+
+@triton.jit
 def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
     """K step ``i`` (SUBS sub-blocks of 32) of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, SUBS * 32] float32."""
     sb = i // (8 // SUBS)  # super-block
@@ -59,8 +66,7 @@ def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, i, K, BLOC
     d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)  # [BN, 1]
     dmin = tl.load(dmin_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
     q = (words[:, None, :] >> (4 * s)[None, :, None]) & 0xF  # [BN, SUBS, 32 (w)]: element 32s + w
-    # Exact int -> float in two cheap ops: 2**23 + q has q in its low mantissa bits.
-    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    qf = exact_float(q)
     val = qf * (d * sc)[:, :, None] - (dmin * mn)[:, :, None]
     return tl.reshape(val, (BLOCK_N, SUBS * 32))
 
@@ -80,7 +86,7 @@ def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, i, K, BLOCK_N: tl.co
     sc = tl.load(sc_ptr + r4 * (K // 16) + sb * 16 + 2 * s + h, mask=m4, other=0).to(tl.float32)  # [BN, SUBS, 2, 1]
     d = tl.load(d_ptr + r4 * (K // 256) + sb, mask=m4, other=0.0).to(tl.float32)
     q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # [BN, SUBS, 2, 16], 0..63
-    qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388640.0  # (2**23 + q) - (2**23 + 32) = q - 32
+    qf = exact_float(q, 32)  # q - 32
     return tl.reshape((d * sc) * qf, (BLOCK_N, SUBS * 32))
 
 
