@@ -1,6 +1,6 @@
 """Decode steps replayed from CUDA graphs against the same engine run op by op (``enforce_eager``).
 
-The GPU test uses the first of test_gpu_engine's models (ROCMFORGE_TEST_MODEL's first entry, else smollm2-135m). The
+The GPU test uses the first model of tests/engine/gpu_models.py (smollm2-135m unless ROCMFORGE_TEST_MODEL). The
 batch sizes are chosen to need padding rows (5 and 12 prompts against graphs of 8 and 16), whose K/V go to a
 reserved block: if they touched a real sequence's cache, the greedy paths would part.
 """
@@ -12,7 +12,7 @@ import pytest
 from rocmforge import LLM, EngineConfig, SamplingParams
 from rocmforge.engine.cuda_graphs import capture_sizes, replayable
 from rocmforge.engine.scheduler_output import ScheduledRequest
-from tests.engine.test_gpu_engine import gpu_test_models, resolve_test_model
+from tests.engine.gpu_models import gpu_test_models, resolve_test_model
 from tests.engine.test_llm import PROMPTS
 
 

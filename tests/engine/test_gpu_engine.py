@@ -1,15 +1,13 @@
 """The whole engine on a GPU against the CPU path: same greedy tokens, same next-token choices, and a soak of
 random batches with aborts and prefix hits that ends with every KV block free.
 
-Every test runs once per model: the three named models (the issue's parity set), or the GGUF paths and
-named models listed in ROCMFORGE_TEST_MODEL (separated by the path separator), e.g. a truncated real model made
-by scripts/truncate_gguf.py for a quick check.
+Every test runs once per model of tests/engine/gpu_models.py: the three named models, or those listed in
+ROCMFORGE_TEST_MODEL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 import torch
 
 from rocmforge import LLM, AsyncLLM, EngineConfig, SamplingParams
+from tests.engine.gpu_models import gpu_test_models, resolve_test_model
 from tests.engine.test_llm import PROMPTS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
@@ -25,25 +24,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 GREEDY_32 = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
 
 
-PARITY_MODELS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
-
-
-def gpu_test_models() -> list[str]:
-    """ROCMFORGE_TEST_MODEL's entries (GGUF paths or named models), else the three named models."""
-    listed = os.environ.get("ROCMFORGE_TEST_MODEL")
-    return listed.split(os.pathsep) if listed else list(PARITY_MODELS)
-
-
 @pytest.fixture(scope="module", params=gpu_test_models())
 def model_path(request: pytest.FixtureRequest) -> Path:
     return resolve_test_model(str(request.param))
-
-
-def resolve_test_model(model: str) -> Path:
-    """A GGUF path as given; a named model through the hub (verified, fetched if missing)."""
-    from rocmforge.hub import resolve_model
-
-    return Path(model) if model.endswith(".gguf") else resolve_model(model)
 
 
 @pytest.fixture(scope="module")
