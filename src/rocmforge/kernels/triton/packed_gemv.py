@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
-from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, split_outputs, sum_splits
+from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, q6_k_values, split_outputs, sum_splits
 from rocmforge.layers.packed_weight import PackedWeight
 
 __all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "packed_gemv"]
@@ -44,15 +44,9 @@ def _q6_k_partial(ql_ptr, qh_ptr, sc_ptr, d_ptr, x_ptr, rows, mask_n, sb, K, BLO
     s = tl.arange(0, 8)[None, :, None, None]
     h = tl.arange(0, 2)[None, None, :, None]
     u = tl.arange(0, 16)[None, None, None, :]
-    word = rows * (K // 8) + sb * 32 + 16 * h + u  # [BN, 1, 2, 16]
-    ql = tl.load(ql_ptr + word, mask=mask_n, other=0)
-    qh = tl.load(qh_ptr + word, mask=mask_n, other=0).to(tl.int32)
-    sc = tl.load(sc_ptr + rows * (K // 16) + sb * 16 + 2 * s + h, mask=mask_n, other=0).to(tl.float32)
-    d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
+    w = q6_k_values(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, sb, s, K)
     x = tl.load(x_ptr + sb * 256 + 32 * s + 16 * h + u).to(tl.float32)  # [1, 8, 2, 16]
-    q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # 0..63
-    qf = exact_float(q, 32)  # q - 32
-    return (d * sc) * qf * x
+    return w * x
 
 
 @triton.jit(do_not_specialize=["SPLIT_K"])

@@ -72,22 +72,28 @@ def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, i, K, BLOC
 
 
 @triton.jit
-def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
-    """K step ``i`` of ``rows``: [BLOCK_N, SUBS * 32] float32. Axes (s, h, u): element 32s + 16h + u."""
-    sb = i // (8 // SUBS)
-    s = ((i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS))[None, :, None, None]
+def q6_k_values(ql_ptr, qh_ptr, sc_ptr, d_ptr, r4, m4, sb, s, K):
+    """Super-block ``sb``'s sub-blocks ``s`` [1, S, 1, 1] of rows ``r4`` [BN, 1, 1, 1] (int64, mask ``m4``):
+    [BN, S, 2, 16] float32, axes (s, h, u) holding element 32s + 16h + u."""
     h = tl.arange(0, 2)[None, None, :, None]
     u = tl.arange(0, 16)[None, None, None, :]
-    r4 = rows[:, :, None, None]
-    m4 = mask_n[:, :, None, None]
     word = r4 * (K // 8) + sb * 32 + 16 * h + u  # [BN, 1, 2, 16]
     ql = tl.load(ql_ptr + word, mask=m4, other=0)
     qh = tl.load(qh_ptr + word, mask=m4, other=0).to(tl.int32)
-    sc = tl.load(sc_ptr + r4 * (K // 16) + sb * 16 + 2 * s + h, mask=m4, other=0).to(tl.float32)  # [BN, SUBS, 2, 1]
+    sc = tl.load(sc_ptr + r4 * (K // 16) + sb * 16 + 2 * s + h, mask=m4, other=0).to(tl.float32)  # [BN, S, 2, 1]
     d = tl.load(d_ptr + r4 * (K // 256) + sb, mask=m4, other=0.0).to(tl.float32)
-    q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # [BN, SUBS, 2, 16], 0..63
+    q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # [BN, S, 2, 16], 0..63
     qf = exact_float(q, 32)  # q - 32
-    return tl.reshape((d * sc) * qf, (BLOCK_N, SUBS * 32))
+    return (d * sc) * qf
+
+
+@triton.jit
+def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
+    """K step ``i`` of ``rows``: [BLOCK_N, SUBS * 32] float32 (element order of :func:`q6_k_values`)."""
+    sb = i // (8 // SUBS)
+    s = ((i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS))[None, :, None, None]
+    values = q6_k_values(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows[:, :, None, None], mask_n[:, :, None, None], sb, s, K)
+    return tl.reshape(values, (BLOCK_N, SUBS * 32))
 
 
 @triton.jit
