@@ -3,10 +3,12 @@
 A Q4_K_M model then takes about its file size in GPU memory instead of its bf16 size. Where Triton runs, Q4_K,
 Q6_K and Q8_0 weights are repacked at construction into planes (``rocmforge.layers.packed_weight``, at most
 1.03x the GGUF bytes; the GGUF bytes are dropped) that ``packed_matmul`` reads as aligned tiles (at M = 1 on an
-H100: 31% / 35% / 60% of copy bandwidth for Q4_K / Q6_K / Q8_0, 1.3-1.6x the GGUF-block kernel, BENCHMARKS.md),
-and ``QuantLinear(x)`` picks its path by the number of rows M of x:
+H100: 31% / 35% / 60% of copy bandwidth for Q4_K / Q6_K / Q8_0, 1.3-1.6x the GGUF-block kernel, BENCHMARKS.md;
+the one-row kernels of ``packed_gemv`` raise Q4_K / Q6_K to 40% / 41%), and ``QuantLinear(x)`` picks its path by
+the number of rows M of x:
 
-* packed types, M <= :data:`FUSED_MAX_M` (1): ``packed_matmul``'s GEMV in x's dtype (float32 stays float32);
+* packed types, M <= :data:`FUSED_MAX_M` (1): ``packed_gemv`` (Q4_K, Q6_K) or ``packed_matmul``'s GEMV (Q8_0),
+  in x's dtype (float32 stays float32);
 * packed types, larger M: x is cast to the matmul dtype (bf16 by default) and multiplied by ``packed_matmul``,
   or, above :data:`PACKED_GEMM_MAX_M` (measured per type), by torch on the weight dequantized in chunks;
 * packed types with a float32 matmul dtype (the reference mode, as ``Linear`` on the weight dequantized at
@@ -51,8 +53,9 @@ __all__ = [
 _Q = GGMLQuantizationType
 
 # Largest M that runs the kernel in x's own dtype, per type.
-# Packed types (Q4_K, Q6_K, Q8_0): 1, packed_matmul's GEMV, as fast on float32 x as on bf16 (measured on an H100,
-# BENCHMARKS.md "GPU quantized linear", packed subsection); above it x is cast to the matmul dtype, because the
+# Packed types (Q4_K, Q6_K, Q8_0): 1, the one-row kernels (packed_matmul's GEMV was as fast on float32 x as on bf16,
+# measured on an H100, BENCHMARKS.md "GPU quantized linear", packed subsection; packed_gemv, which now takes Q4_K and
+# Q6_K, was timed on bf16 x only); above it x is cast to the matmul dtype, because the
 # dot kernel on float32 x (tf32x3, to stay exact) is 4-60x slower than on bf16.
 # Q4_0 keeps the GGUF-block decode kernel of quant_matmul, which multiplies on CUDA cores in fp32 and loses to
 # dequantize + cuBLAS from M = 2-3 (its value is Q8_0's old crossing, not measured for Q4_0). F16/BF16: the
