@@ -13,7 +13,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from rocmforge.gguf.quants import dequantize
-from rocmforge.layers.packed_weight import PACKED_TYPES, PLANE_NAMES, PackedWeight, pack
+from rocmforge.layers.packed_weight import PACKED_TYPES, PLANE_NAMES, Q4_K_TILE, PackedWeight, pack
 from tests.quant_blocks import finite_f16_bits, random_blocks
 
 Q = GGMLQuantizationType
@@ -35,43 +35,80 @@ def test_pack_then_dequantize_is_bit_exact(qtype: GGMLQuantizationType) -> None:
     raw = raw_weight(qtype, n, k, seed=1)
     packed = pack(raw, qtype, (n, k))
     assert packed.shape == (n, k) and len(packed.planes) == len(PLANE_NAMES[qtype])
-    assert all(p.shape[0] == n and p.is_contiguous() for p in packed.planes)
+    plane_rows = -(-n // Q4_K_TILE) if qtype == Q.Q4_K else n  # Q4_K: column tiles, the last one padded
+    assert all(p.shape[0] == plane_rows and p.is_contiguous() for p in packed.planes)
     assert same_bits(packed.dequantize(), dequantize(raw, qtype, (n, k)))
+
+
+def test_q4_k_tile_layout() -> None:
+    """Word j of sub-block g of tile row c holds element 32g + 4e + j in nibble e; pad rows are zero."""
+    n, k = 70, 512
+    raw = raw_weight(Q.Q4_K, n, k, seed=4)
+    qs, sc, mn, d, dmin = pack(raw, Q.Q4_K, (n, k)).planes
+    assert qs.shape == (2, k // 32, Q4_K_TILE, 4) and sc.shape == mn.shape == (2, k // 32, Q4_K_TILE)
+    assert d.shape == dmin.shape == (2, k // 256, Q4_K_TILE)
+    # Row 65 = tile 1, column 1; its quants from GGUF: value = d * sc * q - dmin * mn, so q = (value + m) / (d sc).
+    row, g, j, e = 65, 13, 2, 5
+    quant = (qs[1, g, 1, j] >> (4 * e)) & 0xF
+    values = dequantize(raw, Q.Q4_K, (n, k))[row]
+    dsc = d[1, g // 8, 1].float() * sc[1, g, 1].float()
+    m = dmin[1, g // 8, 1].float() * mn[1, g, 1].float()
+    assert values[32 * g + 4 * e + j] == dsc * quant.float() - m
+    assert torch.count_nonzero(qs[1, :, 6:]) == 0 and torch.count_nonzero(d[1, :, 6:]) == 0
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_packed_bytes_stay_near_the_file(qtype: GGMLQuantizationType) -> None:
-    n, k = 8, 4096
+    n, k = Q4_K_TILE, 4096  # whole Q4_K tiles (a model's row counts are multiples of 64)
     raw = raw_weight(qtype, n, k, seed=2)
     ratio = pack(raw, qtype, (n, k)).nbytes / raw.numel()
     assert ratio <= 1.03  # Q4_K: 148 / 144; Q6_K and Q8_0: exactly the GGUF bytes
     assert ratio == (148 / 144 if qtype == Q.Q4_K else 1.0)
 
 
-def test_chunked_packing_matches_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("qtype", "n"), [(Q.Q6_K, 21), (Q.Q4_K, 150)], ids=["Q6_K", "Q4_K"])
+def test_chunked_packing_matches_whole(qtype: GGMLQuantizationType, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
     import rocmforge.layers.packed_weight as pw
 
-    n, k = 21, 512
-    raw = raw_weight(Q.Q6_K, n, k, seed=3)
-    whole = pack(raw.reshape(-1), Q.Q6_K, (n, k))  # flat bytes are accepted too
-    monkeypatch.setattr(pw, "_PACK_ROWS_ELEMENTS", 4 * k)  # 4 rows a chunk: six chunks, the last one short
-    chunked = pack(raw, Q.Q6_K, (n, k))
+    k = 512
+    raw = raw_weight(qtype, n, k, seed=3)
+    whole = pack(raw.reshape(-1), qtype, (n, k))  # flat bytes are accepted too
+    # 4 rows a chunk: Q6_K six chunks, the last one short; Q4_K rounds up to whole tiles, the last one partial.
+    monkeypatch.setattr(pw, "_PACK_ROWS_ELEMENTS", 4 * k)
+    chunked = pack(raw, qtype, (n, k))
     assert all(torch.equal(a, b) for a, b in zip(whole.planes, chunked.planes, strict=True))
+    assert same_bits(chunked.dequantize(), dequantize(raw, qtype, (n, k)))
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_rows_cat_and_index_select(qtype: GGMLQuantizationType) -> None:
     k = 512
-    raws = [raw_weight(qtype, n, k, seed=n) for n in (5, 11)]
+    align = Q4_K_TILE if qtype == Q.Q4_K else 5  # row counts: Q4_K parts end at whole tiles but the last
+    sizes = (align, 11)
+    raws = [raw_weight(qtype, n, k, seed=n) for n in sizes]
     parts = [pack(r, qtype, (r.shape[0], k)) for r in raws]
     stacked = PackedWeight.cat(parts)
-    assert stacked.shape == (16, k) and stacked.nbytes == sum(p.nbytes for p in parts)
-    full = dequantize(torch.cat(raws), qtype, (16, k))
+    total = sum(sizes)
+    assert stacked.shape == (total, k) and stacked.nbytes == sum(p.nbytes for p in parts)
+    full = dequantize(torch.cat(raws), qtype, (total, k))
     assert same_bits(stacked.dequantize(), full)
-    assert same_bits(stacked.rows(5, 16).dequantize(), full[5:])
-    ids = torch.tensor([15, 0, 7, 7])
+    assert same_bits(stacked.rows(align, total).dequantize(), full[align:])
+    assert same_bits(stacked[:align].dequantize(), full[:align])
+    ids = torch.tensor([total - 1, 0, 7, 7, align])
     assert same_bits(stacked.index_select(ids).dequantize(), full[ids])
     assert stacked.dequantize(torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_q4_k_rows_and_cat_keep_whole_tiles() -> None:
+    k = 256
+    parts = [pack(raw_weight(Q.Q4_K, n, k, seed=n), Q.Q4_K, (n, k)) for n in (70, 64)]
+    with pytest.raises(ValueError, match="whole 64-row tiles"):
+        PackedWeight.cat(parts)
+    with pytest.raises(ValueError, match="cut a 64-row tile"):
+        parts[0].rows(5, 70)
+    with pytest.raises(ValueError, match="cut a 64-row tile"):
+        parts[1].rows(0, 32)
+    assert parts[0].rows(64, 70).shape == (6, k)
 
 
 def test_rejects_what_it_cannot_pack() -> None:

@@ -13,23 +13,45 @@ from gguf.constants import GGMLQuantizationType
 
 from rocmforge.kernels.triton import triton_device
 from rocmforge.kernels.triton.packed_gemv import GemvConfig, packed_gemv
-from rocmforge.layers.packed_weight import pack
+from rocmforge.layers.packed_weight import Q4_K_TILE, PackedWeight, pack
 from tests.kernels.test_packed_matmul import RTOL_FP32, RTOL_HALF, assert_within, random_raw
 
 Q = GGMLQuantizationType
 TYPES = [Q.Q4_K, Q.Q6_K]
 
 
-@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize(("n", "k"), [(40, 256), (24, 1024), (8, 2304)])
-@pytest.mark.parametrize("block_n", [8, 16])
-def test_packed_gemv_matches_reference(qtype: GGMLQuantizationType, n: int, k: int, block_n: int) -> None:
+# Q6_K: rows per program; Q4_K: its 64-row column tile with 1, 2 or 4 rows a thread.
+CONFIGS = {
+    Q.Q6_K: [GemvConfig(8, 8, 4), GemvConfig(16, 8, 4)],
+    Q.Q4_K: [GemvConfig(Q4_K_TILE, 8, 4, 2), GemvConfig(Q4_K_TILE, 16, 2, 1), GemvConfig(Q4_K_TILE, 8, 4, 4)],
+}
+
+
+@pytest.mark.parametrize(
+    ("qtype", "config"),
+    [(qtype, config) for qtype in TYPES for config in CONFIGS[qtype]],
+    ids=lambda v: v.name if isinstance(v, Q) else f"bn{v.block_n}-w{v.num_warps}-r{v.rows_per_thread}",
+)
+@pytest.mark.parametrize(("n", "k"), [(40, 256), (24, 1024), (8, 2304), (100, 512)])
+def test_packed_gemv_matches_reference(qtype: GGMLQuantizationType, config: GemvConfig, n: int, k: int) -> None:
     device = triton_device()
     raw = random_raw(qtype, n, k, seed=n + k)
     x = torch.randn(1, k, generator=torch.Generator().manual_seed(k))
-    out = packed_gemv(x.to(device), pack(raw.to(device), qtype, (n, k)), config=GemvConfig(block_n, 8, 4))
+    out = packed_gemv(x.to(device), pack(raw.to(device), qtype, (n, k)), config=config)
     assert out.shape == (1, n) and out.dtype == torch.float32
     assert_within(out, x, raw, qtype, RTOL_FP32)
+
+
+def test_packed_gemv_q4_k_reads_row_slices_of_a_fused_weight() -> None:
+    """A layer re-pointed at tiles of a fused weight (QuantLinear.fuse) multiplies only its own rows."""
+    device = triton_device()
+    k = 512
+    raws = [random_raw(Q.Q4_K, n, k, seed=n) for n in (Q4_K_TILE, 70)]
+    fused = PackedWeight.cat([pack(r.to(device), Q.Q4_K, (r.shape[0], k)) for r in raws])
+    x = torch.randn(1, k, generator=torch.Generator().manual_seed(3))
+    out = packed_gemv(x.to(device), fused.rows(Q4_K_TILE, Q4_K_TILE + 70))
+    assert out.shape == (1, 70)
+    assert_within(out, x, raws[1], Q.Q4_K, RTOL_FP32)
 
 
 def test_packed_gemv_rejects_other_shapes_and_types() -> None:
@@ -40,6 +62,9 @@ def test_packed_gemv_rejects_other_shapes_and_types() -> None:
     q8 = pack(random_raw(Q.Q8_0, 4, 64, seed=0).to(device), Q.Q8_0, (4, 64))
     with pytest.raises(ValueError, match="Q8_0 is not"):
         packed_gemv(torch.zeros(1, 64, device=device), q8)
+    q4 = pack(random_raw(Q.Q4_K, 4, 256, seed=0).to(device), Q.Q4_K, (4, 256))
+    with pytest.raises(ValueError, match="Q4_K takes block_n 64"):
+        packed_gemv(torch.zeros(1, 256, device=device), q4, config=GemvConfig(32, 8, 4))
 
 
 @pytest.mark.gpu

@@ -162,13 +162,15 @@ def test_config_table_covers_every_m() -> None:
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_quant_linear_packs_and_drops_the_gguf_bytes(qtype: GGMLQuantizationType, device: torch.device) -> None:
-    n, k = 48, k_for(qtype)
+    n, k = 64, k_for(qtype)  # one whole Q4_K column tile
     raw = random_raw(qtype, n, k, seed=7)
     bias = torch.randn(n)
     layer = QuantLinear(raw.to(device), qtype, (n, k), bias.to(device))
     assert layer.raw is None and layer.packed is not None and layer.device.type == device.type
     assert raw.numel() <= layer.nbytes <= 1.03 * raw.numel()
     torch.testing.assert_close(layer.dequantize_weight(3, 9, torch.float32).cpu(), dequantize(raw, qtype, (n, k))[3:9])
+    tail = layer.dequantize_weight(60, None, torch.float32).cpu()
+    torch.testing.assert_close(tail, dequantize(raw, qtype, (n, k))[60:])
     for m in (1, 17):  # the fused path in x's dtype, then the large-M path in bf16
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
         out = layer(x.to(device))
@@ -185,22 +187,24 @@ def test_quant_linear_fuse_packed(device: torch.device) -> None:
         QuantLinear(
             random_raw(Q.Q4_K, n, k, seed=n).to(device), Q.Q4_K, (n, k), torch.randn(n).to(device) if b else None
         )
-        for n, b in ((32, True), (16, False), (48, True))
+        for n, b in ((64, True), (128, False), (48, True))  # Q4_K stacks after whole 64-row column tiles
     ]
     x = torch.randn(3, k, device=device)
     separate = torch.cat([layer(x) for layer in layers], dim=-1)
     fused = QuantLinear.fuse(layers)
-    assert fused.shape == (96, k) and fused.packed is not None and fused.bias is not None
+    assert fused.shape == (240, k) and fused.packed is not None and fused.bias is not None
     torch.testing.assert_close(fused(x), separate, rtol=1e-5, atol=1e-5)
     # The originals now view the fused planes and still compute the same.
     base = fused.packed.planes[0].data_ptr()
-    row = fused.packed.planes[0].stride(0) * 4
-    assert [layer.packed.planes[0].data_ptr() - base for layer in layers] == [0, 32 * row, 48 * row]
+    tile = fused.packed.planes[0][0].numel() * 4
+    assert [layer.packed.planes[0].data_ptr() - base for layer in layers] == [0, tile, 3 * tile]
     torch.testing.assert_close(torch.cat([layer(x) for layer in layers], dim=-1), separate, rtol=1e-6, atol=1e-6)
-    assert torch.equal(fused.bias[32:48].cpu(), torch.zeros(16))
+    assert torch.equal(fused.bias[64:192].cpu(), torch.zeros(128))
     raw_q6 = random_raw(Q.Q6_K, 16, k, seed=1).to(device)
     with pytest.raises(ValueError, match="does not fit"):
         QuantLinear.fuse([layers[0], QuantLinear(raw_q6, Q.Q6_K, (16, k))])
+    with pytest.raises(ValueError, match="does not fit after"):  # 48 rows end inside a tile
+        QuantLinear.fuse([layers[2], layers[0]])
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

@@ -2,18 +2,22 @@
 
 GGUF interleaves each block's scales with its quants and orders the nibbles for ggml's CPU loops, so a kernel
 that reads it in place gathers 2-byte-aligned fields and spends its time unpacking. Here every field of a type
-becomes its own row-major plane, one row per output feature (so rows slice and concatenate like the GGUF rows),
-and the quants are reordered so that one 32-bit word per column holds the same column of every sub-block:
+becomes its own plane, and the quants are reordered for the kernels that read them:
 
-* Q4_K (148 bytes per 256 values, GGUF 144): ``qs`` int32 [N, K/8]: in each 256-value super-block, word w
-  (0..31) holds in nibble s (0..7, bits 4s..4s+3) the quant of element 32s + w, so sub-block s is
-  ``(words >> 4s) & 0xF`` of 32 consecutive words; ``sc``, ``mn`` uint8 [N, K/32] (the 6-bit scales and mins,
-  unpacked); ``d``, ``dmin`` float16 [N, K/256]. value = (d * sc) * q - (dmin * mn).
-* Q6_K (210 bytes per 256 values, as GGUF): ``ql`` int32 [N, K/8], the low 4 bits of each 6-bit quant placed
-  as Q4_K's; ``qh`` int16 [N, K/8]: halfword w (0..31) of a super-block holds in bits 2s..2s+1 the top 2
-  bits of element 32s + w; ``sc`` int8 [N, K/16] (one scale per 16 values, GGUF order); ``d`` float16
-  [N, K/256]. value = (d * sc) * (q - 32).
-* Q8_0 (34 bytes per 32 values, as GGUF): ``qs`` int8 [N, K]; ``d`` float16 [N, K/32]. value = d * q.
+* Q4_K (148 bytes per 256 values, GGUF 144) is stored in **column tiles** of :data:`Q4_K_TILE` (64) rows, the
+  order in which the one-row kernel (``packed_gemv``) streams it: each tile's bytes are contiguous, a sub-block's
+  64 rows x 16 bytes are one 1 KiB run, and a GPU thread holds whole sub-blocks of a few rows, so it reads
+  16-byte vectors and shares each loaded x value among its rows (BENCHMARKS.md, "Q4_K column tiles"). N is padded
+  to whole tiles with zero rows. ``qs`` int32 [T, K/32, 64, 4]: word j (0..3) of sub-block g of tile row c holds
+  in nibble e (0..7, bits 4e..4e+3) the quant of element 4e + j of the sub-block (element 32g + 4e + j of the
+  row); ``sc``, ``mn`` uint8 [T, K/32, 64] (the 6-bit scales and mins, unpacked); ``d``, ``dmin`` float16
+  [T, K/256, 64]. value = (d * sc) * q - (dmin * mn). Rows slice and concatenate at whole tiles only.
+* Q6_K (210 bytes per 256 values, as GGUF), row-major, one plane row per output feature: ``ql`` int32 [N, K/8]:
+  in each 256-value super-block, word w (0..31) holds in nibble s (bits 4s..4s+3) the low 4 bits of element
+  32s + w; ``qh`` int16 [N, K/8]: halfword w of a super-block holds in bits 2s..2s+1 the top 2 bits of element
+  32s + w; ``sc`` int8 [N, K/16] (one scale per 16 values, GGUF order); ``d`` float16 [N, K/256].
+  value = (d * sc) * (q - 32).
+* Q8_0 (34 bytes per 32 values, as GGUF), row-major: ``qs`` int8 [N, K]; ``d`` float16 [N, K/32]. value = d * q.
 
 ``dequantize`` is the torch reference of the layout: bit-identical to ``rocmforge.gguf.quants.dequantize`` of
 the GGUF bytes (the same float32 operations in the same order).
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-__all__ = ["PACKED_TYPES", "PLANE_NAMES", "PackedWeight", "pack"]
+__all__ = ["PACKED_TYPES", "PLANE_NAMES", "Q4_K_TILE", "PackedWeight", "pack"]
 
 _Q = GGMLQuantizationType
 
@@ -40,13 +44,16 @@ PLANE_NAMES: dict[GGMLQuantizationType, tuple[str, ...]] = {
     _Q.Q8_0: ("qs", "d"),
 }
 
+# Rows (output features) per column tile of a Q4_K weight: the one-row kernel's tile width (BENCHMARKS.md).
+Q4_K_TILE = 64
+
 # Rows packed at a time: bounds the uint8/int temporaries (a few bytes a value) while packing a large matrix.
 _PACK_ROWS_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A [N, K] weight of ``qtype`` as row-major planes (see the module doc); rows slice like a tensor's."""
+    """A [N, K] weight of ``qtype`` as planes (see the module doc); rows slice like a tensor's (Q4_K: at tiles)."""
 
     qtype: GGMLQuantizationType
     shape: tuple[int, int]
@@ -60,10 +67,25 @@ class PackedWeight:
     def nbytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.planes)
 
+    @property
+    def row_align(self) -> int:
+        """Rows per plane row: where row slices may start (1, or Q4_K's tile height)."""
+        return _tile_rows(self.qtype)
+
     def rows(self, start: int = 0, stop: int | None = None) -> PackedWeight:
-        """Rows ``start:stop`` (views of the planes)."""
-        planes = tuple(p[start:stop] for p in self.planes)
-        return PackedWeight(self.qtype, (int(planes[0].shape[0]), self.shape[1]), planes)
+        """Rows ``start:stop`` (views of the planes). Q4_K: start a multiple of :data:`Q4_K_TILE`, stop too or N.
+
+        Raises:
+            ValueError: the rows cut through a Q4_K tile.
+        """
+        n = self.shape[0]
+        stop = n if stop is None else min(stop, n)
+        start = min(start, stop)
+        align = self.row_align
+        if start % align or (stop % align and stop != n):
+            raise ValueError(f"PackedWeight rows {start}:{stop} of a {self.qtype.name} weight cut a {align}-row tile")
+        planes = tuple(p[start // align : -(-stop // align)] for p in self.planes)
+        return PackedWeight(self.qtype, (stop - start, self.shape[1]), planes)
 
     def __getitem__(self, rows: slice) -> PackedWeight:
         """Rows ``rows`` (a slice without step; views of the planes), as a tensor's rows slice."""
@@ -72,14 +94,26 @@ class PackedWeight:
         return self.rows(rows.start or 0, rows.stop)
 
     def index_select(self, ids: torch.Tensor) -> PackedWeight:
-        """Rows ``ids`` (a 1-D long tensor on the planes' device), copied."""
-        planes = tuple(p.index_select(0, ids) for p in self.planes)
+        """Rows ``ids`` (a 1-D long tensor on the planes' device), copied (only those rows are read)."""
+        if self.row_align == 1:
+            planes = tuple(p.index_select(0, ids) for p in self.planes)
+        else:
+            tile, col = ids // self.row_align, ids % self.row_align
+            # [T, G, 64, ...][tile, :, col] -> [R, G, ...]: the advanced indices gather whole rows of every plane.
+            planes = tuple(_to_tiles(p[tile, :, col], self.row_align) for p in self.planes)
         return PackedWeight(self.qtype, (int(ids.numel()), self.shape[1]), planes)
 
     @staticmethod
     def cat(weights: Sequence[PackedWeight]) -> PackedWeight:
-        """The weights' rows stacked in order (all of one qtype and K), in one new allocation."""
+        """The weights' rows stacked in order (all of one qtype and K), in one new allocation.
+
+        Raises:
+            ValueError: a Q4_K weight other than the last does not end at a whole tile.
+        """
         first = weights[0]
+        align = first.row_align
+        if any(w.shape[0] % align for w in weights[:-1]):
+            raise ValueError(f"PackedWeight.cat: {first.qtype.name} parts must be whole {align}-row tiles")
         n = sum(w.shape[0] for w in weights)
         planes = _empty_planes(first.qtype, n, first.shape[1], first.device)
         for i, plane in enumerate(planes):
@@ -93,8 +127,10 @@ class PackedWeight:
             qs, d = self.planes
             out = torch.mul(qs.view(n, k // 32, 32).to(torch.float32), d.to(torch.float32).unsqueeze(-1))
         elif self.qtype == _Q.Q4_K:
-            qs, sc, mn, d, dmin = self.planes
-            q = _nibbles(qs, n, k).to(torch.float32)  # [n, k/256, 8, 32]
+            qs, sc, mn, d, dmin = (_from_tiles(p, n) for p in self.planes)  # [n, K/32, 4], [n, K/32], [n, K/256]
+            shifts = 4 * torch.arange(8, device=qs.device, dtype=torch.int32)
+            q = ((qs.unsqueeze(-2) >> shifts.view(8, 1)) & 0xF).to(torch.float32)  # [n, K/32, 8 (e), 4 (j)]
+            q = q.view(n, k // 256, 8, 32)  # [n, super-block, sub-block, element 4e + j]
             d32 = d.to(torch.float32).view(n, -1, 1)
             dl = (d32 * sc.view(n, -1, 8).to(torch.float32)).unsqueeze(-1)
             ml = (dmin.to(torch.float32).view(n, -1, 1) * mn.view(n, -1, 8).to(torch.float32)).unsqueeze(-1)
@@ -109,6 +145,39 @@ class PackedWeight:
             dl = (d.to(torch.float32).view(n, -1, 1) * sc.view(n, -1, 16).to(torch.float32)).view(n, k // 16, 1)
             out = torch.mul(dl, q)
         return out.reshape(n, k).to(dtype)
+
+
+def _tile_rows(qtype: GGMLQuantizationType) -> int:
+    return Q4_K_TILE if qtype == _Q.Q4_K else 1
+
+
+def _to_tiles(rows: torch.Tensor, tile: int) -> torch.Tensor:
+    """Per-row values [R, G, *inner] -> column tiles [ceil(R / tile), G, tile, *inner] (zero rows pad the last)."""
+    r = rows.shape[0]
+    pad = -r % tile
+    if pad:
+        rows = torch.cat([rows, rows.new_zeros((pad, *rows.shape[1:]))])
+    return rows.view(-1, tile, *rows.shape[1:]).transpose(1, 2).contiguous()
+
+
+def _store_tiles(plane: torch.Tensor, start: int, rows: torch.Tensor) -> None:
+    """Write per-row values [R, G, *inner] into column tiles [T, G, tile, *inner] from row ``start`` (a tile's
+    first row), zeroing the rest of a last, partial tile. Strided copies into the plane, no temporary tiles."""
+    tile = plane.shape[2]
+    first, r = start // tile, rows.shape[0]
+    full = r // tile
+    if full:
+        plane[first : first + full].transpose(1, 2).copy_(rows[: full * tile].view(full, tile, *rows.shape[1:]))
+    if r % tile:
+        last = plane[first + full].transpose(0, 1)  # [tile, G, *inner]
+        last[: r % tile].copy_(rows[full * tile :])
+        last[r % tile :].zero_()
+
+
+def _from_tiles(plane: torch.Tensor, n: int) -> torch.Tensor:
+    """Column tiles [T, G, tile, *inner] -> the first ``n`` rows [n, G, *inner]."""
+    t, g, tile = plane.shape[:3]
+    return plane.transpose(1, 2).reshape(t * tile, g, *plane.shape[3:])[:n]
 
 
 def _nibbles(words: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -145,12 +214,14 @@ def _f16_field(blocks: torch.Tensor, offset: int) -> torch.Tensor:
 
 def _pack_q4_k(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     # GGUF block: d f16 | dmin f16 | scales[12] | qs[128]: 4 runs of 32 bytes, low nibbles = sub-block 2r,
-    # high nibbles = sub-block 2r + 1 (rocmforge.gguf.quants._q4_k).
+    # high nibbles = sub-block 2r + 1 (rocmforge.gguf.quants._q4_k). Per block: words [8 (sub-block), 4 (j)].
     from rocmforge.gguf.quants import _k_scale_min
 
     sc, mn = _k_scale_min(blocks[:, 4:16])
-    q = _split_nibbles(blocks[:, 16:144], 32).view(-1, 8, 32)
-    return _pack_nibble_words(q), sc, mn, _f16_field(blocks, 0), _f16_field(blocks, 2)
+    q = _split_nibbles(blocks[:, 16:144], 32).view(-1, 8, 8, 4)  # [block, sub-block, e, j]: element 4e + j
+    bytes_ = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # [block, sub-block, byte b (nibbles 2b, 2b + 1), j]
+    words = bytes_.transpose(2, 3).contiguous().view(torch.int32)  # [block, sub-block, j]
+    return words, sc, mn, _f16_field(blocks, 0), _f16_field(blocks, 2)
 
 
 def _pack_q6_k(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -176,15 +247,33 @@ def _empty_planes(qtype: GGMLQuantizationType, n: int, k: int, device: torch.dev
     blocks of earlier GGUF tensors, a little larger than each plane and not split (it keeps remainders under
     1 MiB attached), and those unused ends would count as allocated memory.
     """
-    sizes = [n * (k // div) * dtype.itemsize for dtype, div in _PLANE_SPECS[qtype]]
+    tile = _tile_rows(qtype)
+    shapes = [_plane_shape(n, k, div, tile) for _, div in _PLANE_SPECS[qtype]]
+    sizes = [_numel(shape) * dtype.itemsize for (dtype, _), shape in zip(_PLANE_SPECS[qtype], shapes, strict=True)]
     offsets = [0]
     for size in sizes:
         offsets.append(offsets[-1] + -(-size // _PLANE_ALIGN) * _PLANE_ALIGN)
     buffer = torch.empty(offsets[-1], dtype=torch.uint8, device=device)
     return tuple(
-        buffer[offset : offset + size].view(dtype).view(n, k // div)
-        for (dtype, div), offset, size in zip(_PLANE_SPECS[qtype], offsets[:-1], sizes, strict=True)
+        buffer[offset : offset + size].view(dtype).view(shape)
+        for (dtype, _), shape, offset, size in zip(_PLANE_SPECS[qtype], shapes, offsets[:-1], sizes, strict=True)
     )
+
+
+def _plane_shape(n: int, k: int, div: int, tile: int) -> tuple[int, ...]:
+    """Row-major [n, k / div]; tiled [ceil(n / tile), groups, tile, values per group] (see the module doc)."""
+    if tile == 1:
+        return (n, k // div)
+    per_group = 32 // div if div < 32 else 1  # int32 words per 32-value sub-block (4), else one value a group
+    groups = k // (div * per_group)
+    return (-(-n // tile), groups, tile, per_group) if per_group > 1 else (-(-n // tile), groups, tile)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total
 
 
 # Plane start alignment inside the shared allocation (the kernels read 16-byte vectors).
@@ -217,10 +306,14 @@ def pack(raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, int])
     per_row = k // block
     # Filled chunk by chunk: the peak is the raw bytes, the planes and one chunk's temporaries.
     planes = _empty_planes(qtype, n, k, raw.device)
-    step = max(1, _PACK_ROWS_ELEMENTS // k)
+    tile = _tile_rows(qtype)
+    step = max(1, _PACK_ROWS_ELEMENTS // k // tile) * tile
     for start in range(0, n, step):
         part = rows[start : start + step]
         r = part.shape[0]
         for plane, value in zip(planes, _PACKERS[qtype](part.reshape(r * per_row, type_size)), strict=True):
-            plane[start : start + r] = value.reshape(r, -1)
+            if tile == 1:
+                plane[start : start + r] = value.reshape(r, -1)
+            else:
+                _store_tiles(plane, start, value.reshape(r, plane.shape[1], *plane.shape[3:]))
     return PackedWeight(qtype, (n, k), planes)

@@ -28,6 +28,7 @@ matmul dtype, which is also what ``Linear`` computes on a weight dequantized at 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -207,7 +208,11 @@ class QuantLinear:
         """Rows ``start:stop`` of the weight as a float tensor of ``dtype`` (the matmul dtype by default)."""
         dtype = dtype or self.dtype
         if self.packed is not None:
-            return _dequantize_packed(self.packed.rows(start, stop), dtype)
+            # Packed Q4_K slices at whole column tiles: dequantize the tiles around the rows, then cut.
+            stop = self.out_features if stop is None else stop
+            align = self.packed.row_align
+            lo, hi = start // align * align, min(self.out_features, -(-stop // align) * align)
+            return _dequantize_packed(self.packed.rows(lo, hi), dtype)[start - lo : stop - lo]
         return _dequantize_rows(self._raw()[start:stop], self.qtype, self.in_features, dtype)
 
     def lookup_rows(self, token_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -283,7 +288,8 @@ class QuantLinear:
             from rocmforge.kernels.triton.packed_matmul import packed_matmul
 
             return packed_matmul(xw, self.packed, out_dtype=x.dtype)
-        rows = max(1, DEQUANT_CHUNK_BYTES // (k * self.dtype.itemsize))
+        align = self.packed.row_align if self.packed is not None else 1  # packed Q4_K slices at whole tiles
+        rows = max(1, DEQUANT_CHUNK_BYTES // (k * self.dtype.itemsize) // align) * align
         if rows >= n:
             return matmul_rows(xw, self.dequantize_weight()).to(x.dtype)
         out = torch.empty((x.shape[0], n), dtype=self.dtype, device=x.device)
@@ -293,27 +299,29 @@ class QuantLinear:
         return out.to(x.dtype)
 
     def can_fuse(self, other: QuantLinear) -> bool:
-        """Whether ``other`` can share one matrix with this layer (rows concatenate: blocks or planes)."""
+        """Whether ``other`` can share one matrix with this layer, stacked after it (rows concatenate: blocks
+        or planes; packed Q4_K only after whole column tiles)."""
         return (
             self.qtype == other.qtype
             and self.in_features == other.in_features
             and self.device == other.device
             and self.dtype == other.dtype
             and (self.packed is None) == (other.packed is None)
+            and (self.packed is None or self.out_features % self.packed.row_align == 0)
         )
 
     @classmethod
     def fuse(cls, linears: Sequence[QuantLinear]) -> QuantLinear:
         """One layer whose output is the given ones' outputs concatenated; they become views of its storage.
 
-        GGUF rows are whole blocks and every packed plane has one row per output, so stacking rows stacks the
-        weights. Re-pointing the originals at slices keeps one copy of the bytes on the device while they stay
-        usable on their own.
+        GGUF rows are whole blocks and packed planes hold whole rows (or Q4_K's whole tiles of rows), so
+        stacking rows stacks the weights. Re-pointing the originals at slices keeps one copy of the bytes on the
+        device while they stay usable on their own.
         """
         first = linears[0]
-        for linear in linears[1:]:
-            if not first.can_fuse(linear):
-                raise ValueError(f"QuantLinear.fuse: {linear!r} does not fit {first!r}")
+        for before, linear in itertools.pairwise(linears):
+            if not before.can_fuse(linear):
+                raise ValueError(f"QuantLinear.fuse: {linear!r} does not fit after {before!r}")
         if first.packed is None:
             raw, bias = stack_rows(linears, "raw")
             return cls(raw, first.qtype, (int(raw.shape[0]), first.in_features), bias, first.dtype)

@@ -8,15 +8,15 @@ see that it is a multiple of 4. The kernels here avoid both:
 * Q6_K keeps the tile in its natural ``[rows, sub-blocks, 2, 16]`` shape, loads x in that shape (16 contiguous
   values per half sub-block) and reduces over K once, after the last step. On an H100 over the 7B shapes
   (benchmarks/gpu_gemv.py, BENCHMARKS.md): 40.6% of the copy bandwidth against packed_matmul's 36.2%.
-* Q4_K loads a ``[rows, 32 words]`` tile per super-block (16-byte loads: the row strides are arguments, which
-  Triton specializes as multiples of 16) and walks the 8 sub-blocks (nibble s of every word) with x's 32 values of
-  sub-block s, a vector small enough that every thread loads the values of its own columns (no layout
-  conversion, no barrier in the loop). A sub-block's 6-bit scales and mins arrive as one 8-byte word per row and
-  super-block (the uint8 planes viewed as int64). Each thread holds several rows, so that every loaded x value
-  serves them all. On an H100 over the 7B shapes: 40.4% of the copy bandwidth against packed_matmul's 31.1%.
+* Q4_K reads the column tiles of ``packed_weight`` (64 rows, a sub-block's 16 bytes of each row in a row):
+  a program owns one tile and a range of super-blocks; each thread holds whole sub-blocks (4 words) of 1 to 4
+  rows, so every load is a 16-byte vector and the sums over a sub-block stay in its registers (no shuffles, no
+  layout conversion, one barrier after the loop). Nibbles become floats by moving them into a float's mantissa
+  (16 + q) and the 16 comes off per sub-block. On an H200 (BENCHMARKS.md, "Q4_K column tiles"): 1.2-1.4x
+  faster than the previous row-major kernel.
 
-Layout: :mod:`rocmforge.layers.packed_weight` (nibble s of word w of a super-block holds element 32s + w; Q6_K's
-top 2 bits in bits 2s..2s+1 of halfword w). K splits across programs (float32 partials summed by
+Layout: :mod:`rocmforge.layers.packed_weight` (Q6_K: nibble s of word w of a super-block holds element 32s + w,
+the top 2 bits in bits 2s..2s+1 of halfword w). K splits across programs (float32 partials summed by
 ``packed_matmul``'s deterministic second kernel) until the grid has enough programs to keep memory busy.
 """
 
@@ -29,8 +29,15 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
-from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, q6_k_values, split_outputs, sum_splits
-from rocmforge.layers.packed_weight import PackedWeight
+from rocmforge.kernels.triton.packed_matmul import (
+    MIN_STEPS_PER_SPLIT,
+    _auto_split,
+    exact_float,
+    q6_k_values,
+    split_outputs,
+    sum_splits,
+)
+from rocmforge.layers.packed_weight import Q4_K_TILE, PackedWeight
 
 __all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "packed_gemv"]
 
@@ -67,51 +74,83 @@ def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT
     tl.store(out_ptr + pid_k * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-@triton.jit
-def _q4_k_gemv_kernel(
-    x_ptr, out_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, N, K, stride_qs, stride_sb, SPLIT_K, BLOCK_N: tl.constexpr
-):
-    """sc_ptr, mn_ptr: int64 views of the scale and min planes (byte s of word sb = sub-block s of super-block sb)."""
-    pid_n = tl.program_id(0)
+@triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
+def _q4_k_gemv_kernel(x_ptr, out_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, N, K, SPLIT_K, ONE, TQ: tl.constexpr):
+    """One column tile (64 rows) of the Q4_K planes times x, over a range of super-blocks; see the module doc.
+
+    The tile is [CPT, 8 (sub-block g), TQ, 4 (word j)] for row c = cc * TQ + cq: the loads' only contiguous axis
+    is j, so Triton gives every load one layout with j in a thread (16-byte word loads, x loads of 4 values
+    shared by the thread's CPT rows) and the per-sub-block sums stay in registers. ``ONE`` (1 at run time) hides
+    the scale planes' contiguity along c, which would otherwise earn them another layout and a conversion
+    through shared memory in every step."""
+    CPT: tl.constexpr = 64 // TQ
+    t = tl.program_id(0).to(tl.int64)
     pid_k = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    rows = offs_n.to(tl.int64)
-    w = tl.arange(0, 32)
+    cc = tl.arange(0, CPT)[:, None, None, None]
+    g = tl.arange(0, 8)[None, :, None, None]
+    cq = tl.arange(0, TQ)[None, None, :, None]
+    j = tl.arange(0, 4)[None, None, None, :]
+    c = cc * TQ + cq
     n_super = K // 256
     per_split = tl.cdiv(n_super, SPLIT_K)
     start = pid_k * per_split
     stop = tl.minimum(start + per_split, n_super)
-    acc = tl.zeros((BLOCK_N, 32), dtype=tl.float32)
+    # Offsets inside one super-block of the tile (loop-invariant) and the super-block's bases.
+    word_off = (g * 64 + c) * 4 + j  # [CPT, 8, TQ, 4]
+    sub_off = (g * 64 + c) * ONE + 0 * j  # sc, mn
+    row_off = c * ONE + 0 * (g + j)  # d, dmin: the full tile shape too, or they get a layout of their own
+    x_off = 32 * g + j  # [1, 8, 1, 4]: element 32g + 4e + j is nibble e of word j
+    acc = tl.zeros((CPT, 8, TQ, 1), dtype=tl.float32)
     for sb in range(start, stop):
-        words = tl.load(qs_ptr + rows[:, None] * stride_qs + sb * 32 + w[None, :], mask=mask_n[:, None], other=0)
-        scales = tl.load(sc_ptr + rows * stride_sb + sb, mask=mask_n, other=0)
-        mins = tl.load(mn_ptr + rows * stride_sb + sb, mask=mask_n, other=0)
-        d = tl.load(d_ptr + rows * stride_sb + sb, mask=mask_n, other=0.0).to(tl.float32)
-        dmin = tl.load(dmin_ptr + rows * stride_sb + sb, mask=mask_n, other=0.0).to(tl.float32)
-        for s in tl.static_range(8):
-            xs = tl.load(x_ptr + sb * 256 + 32 * s + w).to(tl.float32)  # [32]: x of sub-block s
-            sc = exact_float(((scales >> (8 * s)) & 0xFF).to(tl.int32))
-            mn = exact_float(((mins >> (8 * s)) & 0xFF).to(tl.int32))
-            q = exact_float((words >> (4 * s)) & 0xF)
-            acc += (q * (d * sc)[:, None] - (dmin * mn)[:, None]) * xs[None, :]
-    total = tl.sum(acc, axis=1)
-    tl.store(out_ptr + pid_k * N + offs_n, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+        sub_base = (t * (K // 32) + sb * 8) * 64
+        row_base = (t * n_super + sb) * 64
+        words = tl.load(qs_ptr + sub_base * 4 + word_off)
+        sc = exact_float(tl.load(sc_ptr + sub_base + sub_off).to(tl.int32))
+        mn = exact_float(tl.load(mn_ptr + sub_base + sub_off).to(tl.int32))
+        d = tl.load(d_ptr + row_base + row_off).to(tl.float32)
+        dmin = tl.load(dmin_ptr + row_base + row_off).to(tl.float32)
+        xe = tl.load(x_ptr + sb * 256 + x_off).to(tl.float32)
+        dot = _nibble_plus_16(words, 0) * xe
+        x_sum = xe
+        for e in tl.static_range(1, 8):
+            xe = tl.load(x_ptr + sb * 256 + x_off + 4 * e).to(tl.float32)
+            dot += _nibble_plus_16(words, e) * xe
+            x_sum += xe
+        # Per sub-block: sum((d sc q - dmin mn) x) = d sc (sum((16 + q) x) - 16 X) - dmin mn X, X = sum(x).
+        dot = tl.sum(dot, axis=3, keep_dims=True)
+        x_sum = tl.sum(x_sum, axis=3, keep_dims=True)
+        # The scale tensors repeat along j (zero stride): max picks the one value without a layout change.
+        dsc = tl.max(d * sc, axis=3, keep_dims=True)
+        dmn = tl.max(dmin * mn, axis=3, keep_dims=True)
+        acc += dsc * (dot - 16.0 * x_sum) - dmn * x_sum
+    total = tl.sum(tl.sum(acc, axis=3), axis=1)  # [CPT, TQ]
+    rows = t * 64 + tl.arange(0, CPT)[:, None] * TQ + tl.arange(0, TQ)[None, :]
+    tl.store(out_ptr + pid_k * N + rows, total.to(out_ptr.dtype.element_ty), mask=rows < N)
+
+
+@triton.jit
+def _nibble_plus_16(words, E: tl.constexpr):
+    """Nibble E of each word q as the float 16 + q: q moved into mantissa bits 19..22 of 16.0 (a shift and one
+    LOP3, where an exact int -> float conversion takes two more instructions; the 16 is taken off per sub-block)."""
+    moved = words << (19 - 4 * E) if E <= 4 else words >> (4 * E - 19)
+    return ((moved & 0x00780000) | 0x41800000).to(tl.float32, bitcast=True)
 
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """Launch parameters: rows per program, the grid's target programs per SM (sets the K split), warps."""
+    """Launch parameters: rows per program (Q4_K: its column tile, 64), the grid's target programs per SM (sets
+    the K split), warps, and rows a thread holds (Q4_K only: 1, 2 or 4)."""
 
     block_n: int = 8
     programs_per_sm: int = 8
     num_warps: int = 4
+    rows_per_thread: int = 2
 
 
-# Per type: Q6_K's won benchmarks/gpu_gemv.py's sweep of 27 configurations on an H100; Q4_K's won a sweep of 48
-# on an H200 over the 7B decode shapes (BENCHMARKS.md).
+# Per type: Q6_K's won benchmarks/gpu_gemv.py's sweep of 27 configurations on an H100; Q4_K's won its sweep of 36
+# on an H200 (BENCHMARKS.md, "Q4_K column tiles").
 CONFIGS: dict[GGMLQuantizationType, GemvConfig] = {
-    _Q.Q4_K: GemvConfig(block_n=64, programs_per_sm=8, num_warps=2),
+    _Q.Q4_K: GemvConfig(block_n=Q4_K_TILE, programs_per_sm=8, num_warps=2, rows_per_thread=1),
     _Q.Q6_K: GemvConfig(block_n=8, programs_per_sm=8, num_warps=4),
 }
 
@@ -129,18 +168,19 @@ def packed_gemv(
     if x.device != weight.device:
         raise ValueError(f"packed_gemv: x on {x.device}, weight on {weight.device}")
     config = config or CONFIGS[weight.qtype]
+    if weight.qtype == _Q.Q4_K and (config.block_n != Q4_K_TILE or config.rows_per_thread not in (1, 2, 4)):
+        raise ValueError(f"packed_gemv: Q4_K takes block_n {Q4_K_TILE} and 1, 2 or 4 rows a thread, got {config}")
     out_dtype = out_dtype or x.dtype
     x = x.contiguous()
     grid_n = triton.cdiv(n, config.block_n)
-    split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device)
+    # Q4_K's programs read one super-block a step from contiguous tiles: a split may be a single step.
+    min_steps = 1 if weight.qtype == _Q.Q4_K else MIN_STEPS_PER_SPLIT
+    split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device, min_steps)
     out, target = split_outputs(1, n, split, out_dtype, x.device)
     if weight.qtype == _Q.Q4_K:
-        qs, sc, mn, d, dmin = (p.contiguous() for p in weight.planes)
-        # 8 scale bytes per row and super-block as one word (K is a multiple of 256, so rows stay 8-byte aligned).
-        sc64, mn64 = sc.view(torch.int64), mn.view(torch.int64)
         _q4_k_gemv_kernel[(grid_n, split)](
-            x, target, qs, sc64, mn64, d, dmin, n, k, qs.stride(0), d.stride(0), split,
-            BLOCK_N=config.block_n, num_warps=config.num_warps,
+            x, target, *(p.contiguous() for p in weight.planes), n, k, split, 1, TQ=Q4_K_TILE // config.rows_per_thread,
+            num_warps=config.num_warps,
         )  # fmt: skip
     else:
         ql, qh, sc, d = (p.contiguous() for p in weight.planes)

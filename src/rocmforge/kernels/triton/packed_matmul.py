@@ -54,20 +54,26 @@ def exact_float(v, offset: tl.constexpr = 0):
 
 @triton.jit
 def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
-    """K step ``i`` (SUBS sub-blocks of 32) of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, SUBS * 32] float32."""
+    """K step ``i`` (SUBS sub-blocks of 32) of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, SUBS * 32] float32.
+
+    Q4_K planes are column tiles of 64 rows (``packed_weight``): row r is column r % 64 of tile r // 64, and a
+    sub-block's 4 words of a row are one 16-byte vector."""
     sb = i // (8 // SUBS)  # super-block
-    s = (i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS)  # its sub-blocks
-    w = tl.arange(0, 32)
-    # The 32 words hold all 8 sub-blocks; a step of fewer re-reads them (from L1/L2) to keep its tiles small.
-    words = tl.load(qs_ptr + rows * (K // 8) + sb * 32 + w[None, :], mask=mask_n, other=0)  # [BN, 32]
-    sub = rows * (K // 32) + sb * 8 + s[None, :]  # [BN, SUBS]
+    g = (i * SUBS + tl.arange(0, SUBS))[None, :]  # the step's sub-blocks, [1, SUBS]
+    tile = rows // 64
+    col = rows % 64
+    sub = (tile * (K // 32) + g) * 64 + col  # [BN, SUBS]: (tile, sub-block, column)
+    j = tl.arange(0, 4)[None, None, :]
+    words = tl.load(qs_ptr + sub[:, :, None] * 4 + j, mask=mask_n[:, :, None], other=0)  # [BN, SUBS, 4]
     sc = tl.load(sc_ptr + sub, mask=mask_n, other=0).to(tl.float32)
     mn = tl.load(mn_ptr + sub, mask=mask_n, other=0).to(tl.float32)
-    d = tl.load(d_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)  # [BN, 1]
-    dmin = tl.load(dmin_ptr + rows * (K // 256) + sb, mask=mask_n, other=0.0).to(tl.float32)
-    q = (words[:, None, :] >> (4 * s)[None, :, None]) & 0xF  # [BN, SUBS, 32 (w)]: element 32s + w
+    dsub = (tile * (K // 256) + sb) * 64 + col  # [BN, 1]
+    d = tl.load(d_ptr + dsub, mask=mask_n, other=0.0).to(tl.float32)
+    dmin = tl.load(dmin_ptr + dsub, mask=mask_n, other=0.0).to(tl.float32)
+    e = tl.arange(0, 8)[None, None, :, None]
+    q = (words[:, :, None, :] >> (4 * e)) & 0xF  # [BN, SUBS, 8 (e), 4 (j)]: element 32g + 4e + j
     qf = exact_float(q)
-    val = qf * (d * sc)[:, :, None] - (dmin * mn)[:, :, None]
+    val = qf * (d * sc)[:, :, None, None] - (dmin * mn)[:, :, None, None]
     return tl.reshape(val, (BLOCK_N, SUBS * 32))
 
 
@@ -301,11 +307,13 @@ def _num_sms(device: torch.device) -> int:
     return 4  # the interpreter: a few splits, so that the CPU tests exercise split-K
 
 
-def _auto_split(programs: int, n_steps: int, per_sm: int, device: torch.device) -> int:
-    """A power-of-two split of K that brings the grid to ~``per_sm`` programs per SM."""
+def _auto_split(
+    programs: int, n_steps: int, per_sm: int, device: torch.device, min_steps: int = MIN_STEPS_PER_SPLIT
+) -> int:
+    """A power-of-two split of K that brings the grid to ~``per_sm`` programs per SM, ``min_steps`` K steps each."""
     split = 1
     target = per_sm * _num_sms(device)
-    while programs * split * 2 <= target and n_steps // (split * 2) >= MIN_STEPS_PER_SPLIT:
+    while programs * split * 2 <= target and n_steps // (split * 2) >= min_steps:
         split *= 2
     return split
 
@@ -318,7 +326,7 @@ def _planes(weight: PackedWeight) -> tuple[torch.Tensor, ...]:
 
 # Weight bytes one row loads per K step of kb groups (the quant planes plus the scales).
 _ROW_STEP_BYTES = {
-    _Q.Q4_K: lambda kb: 128 + 2 * kb + 4,  # all 32 words of the super-block, whatever kb
+    _Q.Q4_K: lambda kb: 18 * kb + 4,  # a sub-block's 16 bytes of words, scale and min, plus d and dmin
     _Q.Q6_K: lambda kb: 192 + 2 * kb + 2,
     _Q.Q8_0: lambda kb: 34 * kb,
 }
