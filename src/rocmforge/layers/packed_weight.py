@@ -7,11 +7,12 @@ becomes its own plane, and the quants are reordered for the kernels that read th
 * Q4_K (148 bytes per 256 values, GGUF 144) is stored in **column tiles** of :data:`Q4_K_TILE` (64) rows, the
   order in which the one-row kernel (``packed_gemv``) streams it: each tile's bytes are contiguous, a sub-block's
   64 rows x 16 bytes are one 1 KiB run, and a GPU thread holds whole sub-blocks of a few rows, so it reads
-  16-byte vectors and shares each loaded x value among its rows (BENCHMARKS.md, "Q4_K column tiles"). N is padded
-  to whole tiles with zero rows. ``qs`` int32 [T, K/32, 64, 4]: word j (0..3) of sub-block g of tile row c holds
-  in nibble e (0..7, bits 4e..4e+3) the quant of element 4e + j of the sub-block (element 32g + 4e + j of the
-  row); ``sc``, ``mn`` uint8 [T, K/32, 64] (the 6-bit scales and mins, unpacked); ``d``, ``dmin`` float16
-  [T, K/256, 64]. value = (d * sc) * q - (dmin * mn). Rows slice and concatenate at whole tiles only.
+  16-byte vectors and shares each loaded x value among its rows (BENCHMARKS.md, "Q4_K column tiles"). N is
+  padded to whole tiles by repeating its last row (no kernel stores those rows). ``qs`` int32 [T, K/32, 64, 4]:
+  word j (0..3) of sub-block g of tile row c holds in nibble e (0..7, bits 4e..4e+3) the quant of element
+  4e + j of the sub-block (element 32g + 4e + j of the row); ``sc``, ``mn`` uint8 [T, K/32, 64] (the 6-bit
+  scales and mins, unpacked); ``d``, ``dmin`` float16 [T, K/256, 64]. value = (d * sc) * q - (dmin * mn). Rows
+  slice and concatenate at whole tiles only.
 * Q6_K (210 bytes per 256 values, as GGUF), row-major, one plane row per output feature: ``ql`` int32 [N, K/8]:
   in each 256-value super-block, word w (0..31) holds in nibble s (bits 4s..4s+3) the low 4 bits of element
   32s + w; ``qh`` int16 [N, K/8]: halfword w of a super-block holds in bits 2s..2s+1 the top 2 bits of element
@@ -151,27 +152,27 @@ def _tile_rows(qtype: GGMLQuantizationType) -> int:
     return Q4_K_TILE if qtype == _Q.Q4_K else 1
 
 
+def _pad_rows(rows: torch.Tensor, tile: int) -> torch.Tensor:
+    """``rows`` [R, ...] grown to whole tiles by repeating its last row.
+
+    Pad rows only need finite values (every kernel masks them out of its output); repeating a row takes the copy
+    kernels that packing runs anyway, where zeros would load torch's fill kernels (~8 MiB of host memory)."""
+    pad = -rows.shape[0] % tile
+    return torch.cat([rows, rows[-1:].expand(pad, *rows.shape[1:]).contiguous()]) if pad else rows
+
+
 def _to_tiles(rows: torch.Tensor, tile: int) -> torch.Tensor:
-    """Per-row values [R, G, *inner] -> column tiles [ceil(R / tile), G, tile, *inner] (zero rows pad the last)."""
-    r = rows.shape[0]
-    pad = -r % tile
-    if pad:
-        rows = torch.cat([rows, rows.new_zeros((pad, *rows.shape[1:]))])
+    """Per-row values [R, G, *inner] -> column tiles [ceil(R / tile), G, tile, *inner] (the last one padded)."""
+    rows = _pad_rows(rows, tile)
     return rows.view(-1, tile, *rows.shape[1:]).transpose(1, 2).contiguous()
 
 
 def _store_tiles(plane: torch.Tensor, start: int, rows: torch.Tensor) -> None:
-    """Write per-row values [R, G, *inner] into column tiles [T, G, tile, *inner] from row ``start`` (a tile's
-    first row), zeroing the rest of a last, partial tile. Strided copies into the plane, no temporary tiles."""
+    """Write per-row values [R, G, *inner] (R whole tiles) into column tiles [T, G, tile, *inner] from row
+    ``start``: one strided copy into the plane, no temporary tiles."""
     tile = plane.shape[2]
-    first, r = start // tile, rows.shape[0]
-    full = r // tile
-    if full:
-        plane[first : first + full].transpose(1, 2).copy_(rows[: full * tile].view(full, tile, *rows.shape[1:]))
-    if r % tile:
-        last = plane[first + full].transpose(0, 1)  # [tile, G, *inner]
-        last[: r % tile].copy_(rows[full * tile :])
-        last[r % tile :].zero_()
+    first, full = start // tile, rows.shape[0] // tile
+    plane[first : first + full].transpose(1, 2).copy_(rows.view(full, tile, *rows.shape[1:]))
 
 
 def _from_tiles(plane: torch.Tensor, n: int) -> torch.Tensor:
@@ -310,6 +311,8 @@ def pack(raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, int])
     step = max(1, _PACK_ROWS_ELEMENTS // k // tile) * tile
     for start in range(0, n, step):
         part = rows[start : start + step]
+        if tile > 1:
+            part = _pad_rows(part, tile)  # the last tile of the weight
         r = part.shape[0]
         for plane, value in zip(planes, _PACKERS[qtype](part.reshape(r * per_row, type_size)), strict=True):
             if tile == 1:
