@@ -2,10 +2,11 @@
 
 A Q4_K_M model then takes about its file size in GPU memory instead of its bf16 size. Where Triton runs, Q4_K,
 Q6_K and Q8_0 weights are repacked at construction into planes (``rocmforge.layers.packed_weight``, at most
-1.03x the GGUF bytes; the GGUF bytes are dropped) that ``packed_matmul`` reads as aligned tiles (at M = 1 on an
-H100: 31% / 35% / 60% of copy bandwidth for Q4_K / Q6_K / Q8_0, 1.3-1.6x the GGUF-block kernel, BENCHMARKS.md;
-the one-row kernels of ``packed_gemv`` raise Q4_K / Q6_K to 40% / 41%), and ``QuantLinear(x)`` picks its path by
-the number of rows M of x:
+1.03x the GGUF bytes, Q4_K's row count rounded up to its 64-row column tiles; the GGUF bytes are dropped) that
+``packed_matmul`` reads as aligned tiles (at M = 1 on an H100: 31% / 35% / 60% of copy bandwidth for Q4_K / Q6_K /
+Q8_0, 1.3-1.6x the GGUF-block kernel, BENCHMARKS.md; the one-row kernels of ``packed_gemv`` raise Q4_K / Q6_K to
+40% / 41%, and Q4_K's column tiles another 1.16x on an H200), and ``QuantLinear(x)`` picks its path by the number
+of rows M of x:
 
 * packed types, M <= :data:`FUSED_MAX_M` (1): ``packed_gemv`` (Q4_K, Q6_K) or ``packed_matmul``'s GEMV (Q8_0),
   in x's dtype (float32 stays float32);
