@@ -28,17 +28,11 @@ from benchmarks.gpu_linear import num_copies
 
 from rocmforge.kernels.triton.packed_gemv import CONFIGS, GemvConfig, packed_gemv
 from rocmforge.kernels.triton.packed_matmul import packed_matmul
-from rocmforge.layers.packed_weight import Q4_K_TILE, pack
+from rocmforge.layers.packed_weight import TILE_ROWS, pack
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
-# Q6_K: rows per program, programs per SM, warps; Q4_K: its 64-row column tile with programs per SM, warps and
-# rows a thread.
-SWEEP = {
-    GGMLQuantizationType.Q6_K: [GemvConfig(*c) for c in itertools.product((8, 16, 32, 64, 128), (4, 8, 16), (2, 4, 8))],
-    GGMLQuantizationType.Q4_K: [
-        GemvConfig(Q4_K_TILE, *c) for c in itertools.product((4, 8, 16, 32), (1, 2, 4, 8), (1, 2, 4))
-    ],
-}
+# Both types: the 64-row column tile with programs per SM, warps and rows a thread swept.
+SWEEP = [GemvConfig(TILE_ROWS, *c) for c in itertools.product((4, 8, 16, 32), (1, 2, 4, 8), (1, 2, 4))]
 
 
 def _name(config: GemvConfig) -> str:
@@ -81,7 +75,7 @@ def main() -> int:
         totals: dict[str, float] = {}
         total_bytes = 0
         for n, k in SHAPES:
-            times, nbytes = time_shape(qtype, n, k, gen, [CONFIGS[qtype]] if args.committed else SWEEP[qtype])
+            times, nbytes = time_shape(qtype, n, k, gen, [CONFIGS[qtype]] if args.committed else SWEEP)
             total_bytes += nbytes
             for name, us in times.items():
                 totals[name] = totals.get(name, 0.0) + us

@@ -13,7 +13,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from rocmforge.gguf.quants import dequantize
-from rocmforge.layers.packed_weight import PACKED_TYPES, PLANE_NAMES, Q4_K_TILE, PackedWeight, pack
+from rocmforge.layers.packed_weight import PACKED_TYPES, PLANE_NAMES, TILE_ROWS, PackedWeight, pack
 from tests.quant_blocks import finite_f16_bits, random_blocks
 
 Q = GGMLQuantizationType
@@ -35,7 +35,7 @@ def test_pack_then_dequantize_is_bit_exact(qtype: GGMLQuantizationType) -> None:
     raw = raw_weight(qtype, n, k, seed=1)
     packed = pack(raw, qtype, (n, k))
     assert packed.shape == (n, k) and len(packed.planes) == len(PLANE_NAMES[qtype])
-    plane_rows = -(-n // Q4_K_TILE) if qtype == Q.Q4_K else n  # Q4_K: column tiles, the last one padded
+    plane_rows = n if qtype == Q.Q8_0 else -(-n // TILE_ROWS)  # Q4_K, Q6_K: column tiles, the last one padded
     assert all(p.shape[0] == plane_rows and p.is_contiguous() for p in packed.planes)
     assert same_bits(packed.dequantize(), dequantize(raw, qtype, (n, k)))
 
@@ -45,8 +45,8 @@ def test_q4_k_tile_layout() -> None:
     n, k = 70, 512
     raw = raw_weight(Q.Q4_K, n, k, seed=4)
     qs, sc, mn, d, dmin = pack(raw, Q.Q4_K, (n, k)).planes
-    assert qs.shape == (2, k // 32, Q4_K_TILE, 4) and sc.shape == mn.shape == (2, k // 32, Q4_K_TILE)
-    assert d.shape == dmin.shape == (2, k // 256, Q4_K_TILE)
+    assert qs.shape == (2, k // 32, TILE_ROWS, 4) and sc.shape == mn.shape == (2, k // 32, TILE_ROWS)
+    assert d.shape == dmin.shape == (2, k // 256, TILE_ROWS)
     # Row 65 = tile 1, column 1; its quants from GGUF: value = d * sc * q - dmin * mn, so q = (value + m) / (d sc).
     row, g, j, e = 65, 13, 2, 5
     quant = (qs[1, g, 1, j] >> (4 * e)) & 0xF
@@ -57,23 +57,36 @@ def test_q4_k_tile_layout() -> None:
     assert all(torch.equal(p[1, :, 6:], p[1, :, 5:6].expand_as(p[1, :, 6:])) for p in (qs, sc, mn, d, dmin))
 
 
+def test_q6_k_tile_layout() -> None:
+    """ql word j nibble e and qh halfword j bits 2e..2e+1 hold element 32g + 4e + j; sc holds the halves."""
+    n, k = 70, 512
+    raw = raw_weight(Q.Q6_K, n, k, seed=6)
+    ql, qh, sc, d = pack(raw, Q.Q6_K, (n, k)).planes
+    assert ql.shape == qh.shape == (2, k // 32, TILE_ROWS, 4) and qh.dtype == torch.int16
+    assert sc.shape == (2, k // 32, TILE_ROWS, 2) and d.shape == (2, k // 256, TILE_ROWS)
+    row, g, j, e = 66, 9, 3, 6  # tile 1, column 2; element 4e + j = 27 of sub-block 9: half 1
+    quant = ((ql[1, g, 2, j] >> (4 * e)) & 0xF) | (((qh[1, g, 2, j].int() >> (2 * e)) & 3) << 4)
+    value = dequantize(raw, Q.Q6_K, (n, k))[row, 32 * g + 4 * e + j]
+    assert value == d[1, g // 8, 2].float() * sc[1, g, 2, 1].float() * (quant - 32).float()
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_packed_bytes_stay_near_the_file(qtype: GGMLQuantizationType) -> None:
-    n, k = Q4_K_TILE, 4096  # whole Q4_K tiles (a model's row counts are multiples of 64)
+    n, k = TILE_ROWS, 4096  # whole column tiles (a model's row counts are multiples of 64)
     raw = raw_weight(qtype, n, k, seed=2)
     ratio = pack(raw, qtype, (n, k)).nbytes / raw.numel()
     assert ratio <= 1.03  # Q4_K: 148 / 144; Q6_K and Q8_0: exactly the GGUF bytes
     assert ratio == (148 / 144 if qtype == Q.Q4_K else 1.0)
 
 
-@pytest.mark.parametrize(("qtype", "n"), [(Q.Q6_K, 21), (Q.Q4_K, 150)], ids=["Q6_K", "Q4_K"])
+@pytest.mark.parametrize(("qtype", "n"), [(Q.Q8_0, 21), (Q.Q6_K, 150), (Q.Q4_K, 150)], ids=["Q8_0", "Q6_K", "Q4_K"])
 def test_chunked_packing_matches_whole(qtype: GGMLQuantizationType, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
     import rocmforge.layers.packed_weight as pw
 
     k = 512
     raw = raw_weight(qtype, n, k, seed=3)
     whole = pack(raw.reshape(-1), qtype, (n, k))  # flat bytes are accepted too
-    # 4 rows a chunk: Q6_K six chunks, the last one short; Q4_K rounds up to whole tiles, the last one partial.
+    # 4 rows a chunk: Q8_0 six chunks, the last one short; Q4_K, Q6_K round up to whole tiles, the last partial.
     monkeypatch.setattr(pw, "_PACK_ROWS_ELEMENTS", 4 * k)
     chunked = pack(raw, qtype, (n, k))
     assert all(torch.equal(a, b) for a, b in zip(whole.planes, chunked.planes, strict=True))
@@ -83,7 +96,7 @@ def test_chunked_packing_matches_whole(qtype: GGMLQuantizationType, n: int, monk
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_rows_cat_and_index_select(qtype: GGMLQuantizationType) -> None:
     k = 512
-    align = Q4_K_TILE if qtype == Q.Q4_K else 5  # row counts: Q4_K parts end at whole tiles but the last
+    align = 5 if qtype == Q.Q8_0 else TILE_ROWS  # row counts: tiled parts end at whole tiles but the last
     sizes = (align, 11)
     raws = [raw_weight(qtype, n, k, seed=n) for n in sizes]
     parts = [pack(r, qtype, (r.shape[0], k)) for r in raws]
@@ -99,9 +112,10 @@ def test_rows_cat_and_index_select(qtype: GGMLQuantizationType) -> None:
     assert stacked.dequantize(torch.bfloat16).dtype == torch.bfloat16
 
 
-def test_q4_k_rows_and_cat_keep_whole_tiles() -> None:
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K], ids=lambda t: t.name)
+def test_tiled_rows_and_cat_keep_whole_tiles(qtype: GGMLQuantizationType) -> None:
     k = 256
-    parts = [pack(raw_weight(Q.Q4_K, n, k, seed=n), Q.Q4_K, (n, k)) for n in (70, 64)]
+    parts = [pack(raw_weight(qtype, n, k, seed=n), qtype, (n, k)) for n in (70, 64)]
     with pytest.raises(ValueError, match="whole 64-row tiles"):
         PackedWeight.cat(parts)
     with pytest.raises(ValueError, match="cut a 64-row tile"):

@@ -13,17 +13,17 @@ from gguf.constants import GGMLQuantizationType
 
 from rocmforge.kernels.triton import triton_device
 from rocmforge.kernels.triton.packed_gemv import GemvConfig, packed_gemv
-from rocmforge.layers.packed_weight import Q4_K_TILE, PackedWeight, pack
+from rocmforge.layers.packed_weight import TILE_ROWS, PackedWeight, pack
 from tests.kernels.test_packed_matmul import RTOL_FP32, RTOL_HALF, assert_within, random_raw
 
 Q = GGMLQuantizationType
 TYPES = [Q.Q4_K, Q.Q6_K]
 
 
-# Q6_K: rows per program; Q4_K: its 64-row column tile with 1, 2 or 4 rows a thread.
+# Both types: the 64-row column tile with 1, 2 or 4 rows a thread, programs per SM and warps varied.
 CONFIGS = {
-    Q.Q6_K: [GemvConfig(8, 8, 4), GemvConfig(16, 8, 4)],
-    Q.Q4_K: [GemvConfig(Q4_K_TILE, 8, 4, 2), GemvConfig(Q4_K_TILE, 16, 2, 1), GemvConfig(Q4_K_TILE, 8, 4, 4)],
+    qtype: [GemvConfig(TILE_ROWS, 8, 4, 2), GemvConfig(TILE_ROWS, 16, 2, 1), GemvConfig(TILE_ROWS, 8, 4, 4)]
+    for qtype in (Q.Q4_K, Q.Q6_K)
 }
 
 
@@ -42,16 +42,17 @@ def test_packed_gemv_matches_reference(qtype: GGMLQuantizationType, config: Gemv
     assert_within(out, x, raw, qtype, RTOL_FP32)
 
 
-def test_packed_gemv_q4_k_reads_row_slices_of_a_fused_weight() -> None:
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_packed_gemv_reads_row_slices_of_a_fused_weight(qtype: GGMLQuantizationType) -> None:
     """A layer re-pointed at tiles of a fused weight (QuantLinear.fuse) multiplies only its own rows."""
     device = triton_device()
     k = 512
-    raws = [random_raw(Q.Q4_K, n, k, seed=n) for n in (Q4_K_TILE, 70)]
-    fused = PackedWeight.cat([pack(r.to(device), Q.Q4_K, (r.shape[0], k)) for r in raws])
+    raws = [random_raw(qtype, n, k, seed=n) for n in (TILE_ROWS, 70)]
+    fused = PackedWeight.cat([pack(r.to(device), qtype, (r.shape[0], k)) for r in raws])
     x = torch.randn(1, k, generator=torch.Generator().manual_seed(3))
-    out = packed_gemv(x.to(device), fused.rows(Q4_K_TILE, Q4_K_TILE + 70))
+    out = packed_gemv(x.to(device), fused.rows(TILE_ROWS, TILE_ROWS + 70))
     assert out.shape == (1, 70)
-    assert_within(out, x, raws[1], Q.Q4_K, RTOL_FP32)
+    assert_within(out, x, raws[1], qtype, RTOL_FP32)
 
 
 def test_packed_gemv_rejects_other_shapes_and_types() -> None:
@@ -63,7 +64,7 @@ def test_packed_gemv_rejects_other_shapes_and_types() -> None:
     with pytest.raises(ValueError, match="Q8_0 is not"):
         packed_gemv(torch.zeros(1, 64, device=device), q8)
     q4 = pack(random_raw(Q.Q4_K, 4, 256, seed=0).to(device), Q.Q4_K, (4, 256))
-    with pytest.raises(ValueError, match="Q4_K takes block_n 64"):
+    with pytest.raises(ValueError, match="block_n 64"):
         packed_gemv(torch.zeros(1, 256, device=device), q4, config=GemvConfig(32, 8, 4))
 
 

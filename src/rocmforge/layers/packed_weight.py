@@ -4,20 +4,20 @@ GGUF interleaves each block's scales with its quants and orders the nibbles for 
 that reads it in place gathers 2-byte-aligned fields and spends its time unpacking. Here every field of a type
 becomes its own plane, and the quants are reordered for the kernels that read them:
 
-* Q4_K (148 bytes per 256 values, GGUF 144) is stored in **column tiles** of :data:`Q4_K_TILE` (64) rows, the
-  order in which the one-row kernel (``packed_gemv``) streams it: each tile's bytes are contiguous, a sub-block's
-  64 rows x 16 bytes are one 1 KiB run, and a GPU thread holds whole sub-blocks of a few rows, so it reads
-  16-byte vectors and shares each loaded x value among its rows (BENCHMARKS.md, "Q4_K column tiles"). N is
-  padded to whole tiles by repeating its last row (no kernel stores those rows). ``qs`` int32 [T, K/32, 64, 4]:
-  word j (0..3) of sub-block g of tile row c holds in nibble e (0..7, bits 4e..4e+3) the quant of element
-  4e + j of the sub-block (element 32g + 4e + j of the row); ``sc``, ``mn`` uint8 [T, K/32, 64] (the 6-bit
-  scales and mins, unpacked); ``d``, ``dmin`` float16 [T, K/256, 64]. value = (d * sc) * q - (dmin * mn). Rows
-  slice and concatenate at whole tiles only.
-* Q6_K (210 bytes per 256 values, as GGUF), row-major, one plane row per output feature: ``ql`` int32 [N, K/8]:
-  in each 256-value super-block, word w (0..31) holds in nibble s (bits 4s..4s+3) the low 4 bits of element
-  32s + w; ``qh`` int16 [N, K/8]: halfword w of a super-block holds in bits 2s..2s+1 the top 2 bits of element
-  32s + w; ``sc`` int8 [N, K/16] (one scale per 16 values, GGUF order); ``d`` float16 [N, K/256].
-  value = (d * sc) * (q - 32).
+* Q4_K and Q6_K are stored in **column tiles** of :data:`TILE_ROWS` (64) rows, the order in which the
+  one-row kernels (``packed_gemv``) stream them: each tile's bytes are contiguous, a sub-block's 64 rows are one
+  run, a row's part of a sub-block is one vector of 4 words, and a GPU thread holds whole sub-blocks of a few
+  rows (BENCHMARKS.md, "Q4_K column tiles", "Q6_K column tiles"). Within a 32-value sub-block, element
+  4e + j (e 0..7, j 0..3) sits in lane j of the sub-block's vectors, field e. N is padded to whole tiles by
+  repeating its last row (no kernel stores those rows). Rows slice and concatenate at whole tiles only.
+* Q4_K (148 bytes per 256 values, GGUF 144): ``qs`` int32 [T, K/32, 64, 4]: word j holds in nibble e (bits
+  4e..4e+3) the quant of element 4e + j of sub-block g (element 32g + 4e + j of the row); ``sc``, ``mn`` uint8
+  [T, K/32, 64] (the 6-bit scales and mins, unpacked); ``d``, ``dmin`` float16 [T, K/256, 64].
+  value = (d * sc) * q - (dmin * mn).
+* Q6_K (210 bytes per 256 values, as GGUF): ``ql`` int32 [T, K/32, 64, 4], the low 4 bits of each 6-bit
+  quant placed as Q4_K's; ``qh`` int16 [T, K/32, 64, 4]: halfword j holds in bits 2e..2e+1 the top 2 bits of
+  element 4e + j; ``sc`` int8 [T, K/32, 64, 2]: the scales of the sub-block's halves (elements 0..15, 16..31:
+  e < 4 and e >= 4); ``d`` float16 [T, K/256, 64]. value = (d * sc) * (q - 32).
 * Q8_0 (34 bytes per 32 values, as GGUF), row-major: ``qs`` int8 [N, K]; ``d`` float16 [N, K/32]. value = d * q.
 
 ``dequantize`` is the torch reference of the layout: bit-identical to ``rocmforge.gguf.quants.dequantize`` of
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-__all__ = ["PACKED_TYPES", "PLANE_NAMES", "Q4_K_TILE", "PackedWeight", "pack"]
+__all__ = ["PACKED_TYPES", "PLANE_NAMES", "TILE_ROWS", "PackedWeight", "pack"]
 
 _Q = GGMLQuantizationType
 
@@ -45,8 +45,9 @@ PLANE_NAMES: dict[GGMLQuantizationType, tuple[str, ...]] = {
     _Q.Q8_0: ("qs", "d"),
 }
 
-# Rows (output features) per column tile of a Q4_K weight: the one-row kernel's tile width (BENCHMARKS.md).
-Q4_K_TILE = 64
+# Rows (output features) per column tile of a Q4_K or Q6_K weight: the one-row kernels' tile width
+# (BENCHMARKS.md).
+TILE_ROWS = 64
 
 # Rows packed at a time: bounds the uint8/int temporaries (a few bytes a value) while packing a large matrix.
 _PACK_ROWS_ELEMENTS = 1 << 24
@@ -74,7 +75,7 @@ class PackedWeight:
         return _tile_rows(self.qtype)
 
     def rows(self, start: int = 0, stop: int | None = None) -> PackedWeight:
-        """Rows ``start:stop`` (views of the planes). Q4_K: start a multiple of :data:`Q4_K_TILE`, stop too or N.
+        """Rows ``start:stop`` (views of the planes). Q4_K: start a multiple of :data:`TILE_ROWS`, stop too or N.
 
         Raises:
             ValueError: the rows cut through a Q4_K tile.
@@ -137,19 +138,18 @@ class PackedWeight:
             ml = (dmin.to(torch.float32).view(n, -1, 1) * mn.view(n, -1, 8).to(torch.float32)).unsqueeze(-1)
             out = torch.sub(q.mul_(dl), ml)
         else:
-            ql, qh, sc, d = self.planes
-            low = _nibbles(ql, n, k)
-            shifts = 2 * torch.arange(8, device=qh.device, dtype=torch.int32)
-            top = qh.view(n, k // 256, 32, 1).to(torch.int32) >> shifts  # [n, sb, w, s]
-            q6 = low | ((top & 3).transpose(-1, -2) << 4)  # [n, k/256, 8 (s), 32 (w)]
-            q = (q6 - 32).to(torch.float32).reshape(n, k // 16, 16)
+            ql, qh, sc, d = (_from_tiles(p, n) for p in self.planes)  # [n, K/32, 4 | 4 | 2], [n, K/256]
+            e = torch.arange(8, device=ql.device, dtype=torch.int32).view(8, 1)
+            low = (ql.unsqueeze(-2) >> (4 * e)) & 0xF  # [n, K/32, 8 (e), 4 (j)]: element 4e + j
+            top = (qh.to(torch.int32).unsqueeze(-2) >> (2 * e)) & 3
+            q = ((low | (top << 4)) - 32).to(torch.float32).reshape(n, k // 16, 16)
             dl = (d.to(torch.float32).view(n, -1, 1) * sc.view(n, -1, 16).to(torch.float32)).view(n, k // 16, 1)
             out = torch.mul(dl, q)
         return out.reshape(n, k).to(dtype)
 
 
 def _tile_rows(qtype: GGMLQuantizationType) -> int:
-    return Q4_K_TILE if qtype == _Q.Q4_K else 1
+    return TILE_ROWS if qtype in (_Q.Q4_K, _Q.Q6_K) else 1
 
 
 def _pad_rows(rows: torch.Tensor, tile: int) -> torch.Tensor:
@@ -178,27 +178,20 @@ def _store_tiles(plane: torch.Tensor, start: int, rows: torch.Tensor) -> None:
 def _from_tiles(plane: torch.Tensor, n: int) -> torch.Tensor:
     """Column tiles [T, G, tile, *inner] -> the first ``n`` rows [n, G, *inner]."""
     t, g, tile = plane.shape[:3]
-    return plane.transpose(1, 2).reshape(t * tile, g, *plane.shape[3:])[:n]
+    return plane.transpose(1, 2).reshape(t * tile, g, *plane.shape[3:])[:n].contiguous()
 
 
-def _nibbles(words: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """Nibble planes int32 [n, k/8] -> int32 [n, k/256, 8 (s), 32 (w)]: element 32s + w of each super-block."""
-    shifts = 4 * torch.arange(8, device=words.device, dtype=torch.int32)
-    q = (words.view(n, k // 256, 32, 1) >> shifts) & 0xF  # [n, sb, w, s]
-    return q.transpose(-1, -2)
+def _sub_block_words(q: torch.Tensor) -> torch.Tensor:
+    """4-bit values uint8 [B, 8 (sub-block), 8 (e), 4 (j)] -> int32 [B, 8, 4]: word j holds value (e, j) in nibble e."""
+    pairs = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # [B, 8, byte b (nibbles 2b, 2b + 1), j]
+    return pairs.transpose(2, 3).contiguous().view(torch.int32).view(q.shape[0], 8, 4)
 
 
-def _pack_nibble_words(q: torch.Tensor) -> torch.Tensor:
-    """4-bit values uint8 [R, 8 (s), 32 (w)] -> int32 [R, 32]: word w holds value (s, w) in bits 4s..4s+3."""
-    # Byte b of a little-endian word is bits 8b..8b+7: nibble 2b low, nibble 2b + 1 high.
-    pairs = q[:, 0::2] | (q[:, 1::2] << 4)  # [R, 4 (byte), 32]
-    return pairs.transpose(1, 2).contiguous().view(torch.int32).view(q.shape[0], 32)
-
-
-def _pack_2bit_halfwords(q: torch.Tensor) -> torch.Tensor:
-    """2-bit values uint8 [R, 8 (s), 32 (w)] -> int16 [R, 32]: halfword w holds value (s, w) in bits 2s..2s+1."""
-    quads = q[:, 0::4] | (q[:, 1::4] << 2) | (q[:, 2::4] << 4) | (q[:, 3::4] << 6)  # [R, 2 (byte), 32]
-    return quads.transpose(1, 2).contiguous().view(torch.int16).view(q.shape[0], 32)
+def _sub_block_halfwords(q: torch.Tensor) -> torch.Tensor:
+    """2-bit values uint8 [B, 8 (sub-block), 8 (e), 4 (j)] -> int16 [B, 8, 4]: halfword j holds value (e, j) in
+    bits 2e..2e+1."""
+    quads = q[:, :, 0::4] | (q[:, :, 1::4] << 2) | (q[:, :, 2::4] << 4) | (q[:, :, 3::4] << 6)  # [B, 8, 2, j]
+    return quads.transpose(2, 3).contiguous().view(torch.int16).view(q.shape[0], 8, 4)
 
 
 def _split_nibbles(packed: torch.Tensor, group: int) -> torch.Tensor:
@@ -220,20 +213,19 @@ def _pack_q4_k(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
     sc, mn = _k_scale_min(blocks[:, 4:16])
     q = _split_nibbles(blocks[:, 16:144], 32).view(-1, 8, 8, 4)  # [block, sub-block, e, j]: element 4e + j
-    bytes_ = q[:, :, 0::2] | (q[:, :, 1::2] << 4)  # [block, sub-block, byte b (nibbles 2b, 2b + 1), j]
-    words = bytes_.transpose(2, 3).contiguous().view(torch.int32)  # [block, sub-block, j]
-    return words, sc, mn, _f16_field(blocks, 0), _f16_field(blocks, 2)
+    return _sub_block_words(q), sc, mn, _f16_field(blocks, 0), _f16_field(blocks, 2)
 
 
 def _pack_q6_k(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:
     # GGUF block: ql[128] (2 runs of 64: low nibbles then high) | qh[64] (2 runs of 32, four 2-bit fields a byte)
-    # | scales int8[16] | d f16 (rocmforge.gguf.quants._q6_k).
+    # | scales int8[16] (one per 16 values: sub-block g's halves are 2g, 2g + 1) | d f16
+    # (rocmforge.gguf.quants._q6_k).
     r = blocks.shape[0]
-    low = _split_nibbles(blocks[:, 0:128], 64)
+    low = _split_nibbles(blocks[:, 0:128], 64).view(r, 8, 8, 4)  # [block, sub-block, e, j]: element 4e + j
     qh = blocks[:, 128:192].contiguous().view(r, 2, 1, 32)
-    top = torch.cat([(qh >> s) & 3 for s in (0, 2, 4, 6)], dim=2).view(r, 8, 32)
-    words = _pack_nibble_words(low.view(r, 8, 32))
-    return words, _pack_2bit_halfwords(top), blocks[:, 192:208].contiguous().view(torch.int8), _f16_field(blocks, 208)
+    top = torch.cat([(qh >> s) & 3 for s in (0, 2, 4, 6)], dim=2).view(r, 8, 8, 4)
+    sc = blocks[:, 192:208].contiguous().view(torch.int8).view(r, 8, 2)
+    return _sub_block_words(low), _sub_block_halfwords(top), sc, _f16_field(blocks, 208)
 
 
 def _pack_q8_0(blocks: torch.Tensor) -> tuple[torch.Tensor, ...]:

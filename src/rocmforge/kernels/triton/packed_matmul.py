@@ -78,27 +78,25 @@ def _q4_k_tile(qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, rows, mask_n, i, K, BLOC
 
 
 @triton.jit
-def q6_k_values(ql_ptr, qh_ptr, sc_ptr, d_ptr, r4, m4, sb, s, K):
-    """Super-block ``sb``'s sub-blocks ``s`` [1, S, 1, 1] of rows ``r4`` [BN, 1, 1, 1] (int64, mask ``m4``):
-    [BN, S, 2, 16] float32, axes (s, h, u) holding element 32s + 16h + u."""
-    h = tl.arange(0, 2)[None, None, :, None]
-    u = tl.arange(0, 16)[None, None, None, :]
-    word = r4 * (K // 8) + sb * 32 + 16 * h + u  # [BN, 1, 2, 16]
-    ql = tl.load(ql_ptr + word, mask=m4, other=0)
-    qh = tl.load(qh_ptr + word, mask=m4, other=0).to(tl.int32)
-    sc = tl.load(sc_ptr + r4 * (K // 16) + sb * 16 + 2 * s + h, mask=m4, other=0).to(tl.float32)  # [BN, S, 2, 1]
-    d = tl.load(d_ptr + r4 * (K // 256) + sb, mask=m4, other=0.0).to(tl.float32)
-    q = ((ql >> (4 * s)) & 0xF) | (((qh >> (2 * s)) & 3) << 4)  # [BN, S, 2, 16], 0..63
-    qf = exact_float(q, 32)  # q - 32
-    return (d * sc) * qf
-
-
-@triton.jit
 def _q6_k_tile(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows, mask_n, i, K, BLOCK_N: tl.constexpr, SUBS: tl.constexpr):
-    """K step ``i`` of ``rows``: [BLOCK_N, SUBS * 32] float32 (element order of :func:`q6_k_values`)."""
+    """K step ``i`` (SUBS sub-blocks of 32) of ``rows`` [BLOCK_N, 1] (int64): [BLOCK_N, SUBS * 32] float32.
+
+    Q6_K planes are column tiles of 64 rows like Q4_K's (``packed_weight``)."""
     sb = i // (8 // SUBS)
-    s = ((i % (8 // SUBS)) * SUBS + tl.arange(0, SUBS))[None, :, None, None]
-    values = q6_k_values(ql_ptr, qh_ptr, sc_ptr, d_ptr, rows[:, :, None, None], mask_n[:, :, None, None], sb, s, K)
+    g = (i * SUBS + tl.arange(0, SUBS))[None, :, None, None, None]  # [1, SUBS, 1, 1, 1]
+    tile = rows[:, :, None, None, None] // 64
+    col = rows[:, :, None, None, None] % 64
+    m5 = mask_n[:, :, None, None, None]
+    sub = (tile * (K // 32) + g) * 64 + col  # [BN, SUBS, 1, 1, 1]: (tile, sub-block, column)
+    h = tl.arange(0, 2)[None, None, :, None, None]  # the sub-block's 16-value halves
+    e = 4 * h + tl.arange(0, 4)[None, None, None, :, None]  # [1, 1, 2, 4, 1]
+    j = tl.arange(0, 4)[None, None, None, None, :]
+    ql = tl.load(ql_ptr + sub * 4 + j, mask=m5, other=0)  # [BN, SUBS, 1, 1, 4]
+    qh = tl.load(qh_ptr + sub * 4 + j, mask=m5, other=0).to(tl.int32)
+    sc = tl.load(sc_ptr + sub * 2 + h, mask=m5, other=0).to(tl.float32)  # [BN, SUBS, 2, 1, 1]
+    d = tl.load(d_ptr + (tile * (K // 256) + sb) * 64 + col, mask=m5, other=0.0).to(tl.float32)
+    q = ((ql >> (4 * e)) & 0xF) | (((qh >> (2 * e)) & 3) << 4)  # [BN, SUBS, 2, 4, 4]: element 32g + 4e + j
+    values = (d * sc) * exact_float(q, 32)  # q - 32
     return tl.reshape(values, (BLOCK_N, SUBS * 32))
 
 
@@ -327,7 +325,7 @@ def _planes(weight: PackedWeight) -> tuple[torch.Tensor, ...]:
 # Weight bytes one row loads per K step of kb groups (the quant planes plus the scales).
 _ROW_STEP_BYTES = {
     _Q.Q4_K: lambda kb: 18 * kb + 4,  # a sub-block's 16 bytes of words, scale and min, plus d and dmin
-    _Q.Q6_K: lambda kb: 192 + 2 * kb + 2,
+    _Q.Q6_K: lambda kb: 26 * kb + 2,  # a sub-block's 16 + 8 bytes of quants and 2 scales, plus d
     _Q.Q8_0: lambda kb: 34 * kb,
 }
 
