@@ -55,7 +55,7 @@ _PACK_ROWS_ELEMENTS = 1 << 24
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A [N, K] weight of ``qtype`` as planes (see the module doc); rows slice like a tensor's (Q4_K: at tiles)."""
+    """A [N, K] weight of ``qtype`` as planes (see the module doc); rows slice like a tensor's (tiled: at tiles)."""
 
     qtype: GGMLQuantizationType
     shape: tuple[int, int]
@@ -71,14 +71,15 @@ class PackedWeight:
 
     @property
     def row_align(self) -> int:
-        """Rows per plane row: where row slices may start (1, or Q4_K's tile height)."""
+        """Rows per plane row: where row slices may start (1, or the column tile's height for Q4_K and Q6_K)."""
         return _tile_rows(self.qtype)
 
     def rows(self, start: int = 0, stop: int | None = None) -> PackedWeight:
-        """Rows ``start:stop`` (views of the planes). Q4_K: start a multiple of :data:`TILE_ROWS`, stop too or N.
+        """Rows ``start:stop`` (views of the planes). Tiled types: start a multiple of :data:`TILE_ROWS`, stop
+        too or N.
 
         Raises:
-            ValueError: the rows cut through a Q4_K tile.
+            ValueError: the rows cut through a column tile.
         """
         n = self.shape[0]
         stop = n if stop is None else min(stop, n)
@@ -110,7 +111,7 @@ class PackedWeight:
         """The weights' rows stacked in order (all of one qtype and K), in one new allocation.
 
         Raises:
-            ValueError: a Q4_K weight other than the last does not end at a whole tile.
+            ValueError: a tiled weight other than the last does not end at a whole tile.
         """
         first = weights[0]
         align = first.row_align

@@ -2,10 +2,10 @@
 
 A Q4_K_M model then takes about its file size in GPU memory instead of its bf16 size. Where Triton runs, Q4_K,
 Q6_K and Q8_0 weights are repacked at construction into planes (``rocmforge.layers.packed_weight``, at most
-1.03x the GGUF bytes, Q4_K's row count rounded up to its 64-row column tiles; the GGUF bytes are dropped) that
+1.03x the GGUF bytes, Q4_K/Q6_K row counts rounded up to 64-row column tiles; the GGUF bytes are dropped) that
 ``packed_matmul`` reads as aligned tiles (at M = 1 on an H100: 31% / 35% / 60% of copy bandwidth for Q4_K / Q6_K /
 Q8_0, 1.3-1.6x the GGUF-block kernel, BENCHMARKS.md; the one-row kernels of ``packed_gemv`` raise Q4_K / Q6_K to
-40% / 41%, and Q4_K's column tiles another 1.16x on an H200), and ``QuantLinear(x)`` picks its path by the number
+40% / 41%, and their column tiles another 1.16x / 1.28x on an H200), and ``QuantLinear(x)`` picks its path by the number
 of rows M of x:
 
 * packed types, M <= :data:`FUSED_MAX_M` (1): ``packed_gemv`` (Q4_K, Q6_K) or ``packed_matmul``'s GEMV (Q8_0),
@@ -209,7 +209,7 @@ class QuantLinear:
         """Rows ``start:stop`` of the weight as a float tensor of ``dtype`` (the matmul dtype by default)."""
         dtype = dtype or self.dtype
         if self.packed is not None:
-            # Packed Q4_K slices at whole column tiles: dequantize the tiles around the rows, then cut.
+            # Packed Q4_K/Q6_K slice at whole column tiles: dequantize the tiles around the rows, then cut.
             stop = self.out_features if stop is None else stop
             align = self.packed.row_align
             lo, hi = start // align * align, min(self.out_features, -(-stop // align) * align)
@@ -289,7 +289,7 @@ class QuantLinear:
             from rocmforge.kernels.triton.packed_matmul import packed_matmul
 
             return packed_matmul(xw, self.packed, out_dtype=x.dtype)
-        align = self.packed.row_align if self.packed is not None else 1  # packed Q4_K slices at whole tiles
+        align = self.packed.row_align if self.packed is not None else 1  # Q4_K/Q6_K slice at whole tiles
         rows = max(1, DEQUANT_CHUNK_BYTES // (k * self.dtype.itemsize) // align) * align
         if rows >= n:
             return matmul_rows(xw, self.dequantize_weight()).to(x.dtype)
@@ -301,7 +301,7 @@ class QuantLinear:
 
     def can_fuse(self, other: QuantLinear) -> bool:
         """Whether ``other`` can share one matrix with this layer, stacked after it (rows concatenate: blocks
-        or planes; packed Q4_K only after whole column tiles)."""
+        or planes; packed Q4_K/Q6_K only after whole column tiles)."""
         return (
             self.qtype == other.qtype
             and self.in_features == other.in_features
