@@ -26,6 +26,7 @@ the GGUF bytes (the same float32 operations in the same order).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -243,7 +244,7 @@ def _empty_planes(qtype: GGMLQuantizationType, n: int, k: int, device: torch.dev
     """
     tile = _tile_rows(qtype)
     shapes = [_plane_shape(n, k, div, tile) for _, div in _PLANE_SPECS[qtype]]
-    sizes = [_numel(shape) * dtype.itemsize for (dtype, _), shape in zip(_PLANE_SPECS[qtype], shapes, strict=True)]
+    sizes = [math.prod(shape) * dtype.itemsize for (dtype, _), shape in zip(_PLANE_SPECS[qtype], shapes, strict=True)]
     offsets = [0]
     for size in sizes:
         offsets.append(offsets[-1] + -(-size // _PLANE_ALIGN) * _PLANE_ALIGN)
@@ -258,16 +259,10 @@ def _plane_shape(n: int, k: int, div: int, tile: int) -> tuple[int, ...]:
     """Row-major [n, k / div]; tiled [ceil(n / tile), groups, tile, values per group] (see the module doc)."""
     if tile == 1:
         return (n, k // div)
-    per_group = 32 // div if div < 32 else 1  # int32 words per 32-value sub-block (4), else one value a group
+    # Plane values per 32-value sub-block: 4 quant words or halfwords, Q6_K's 2 half scales; else one per group.
+    per_group = 32 // div if div < 32 else 1
     groups = k // (div * per_group)
     return (-(-n // tile), groups, tile, per_group) if per_group > 1 else (-(-n // tile), groups, tile)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
 
 
 # Plane start alignment inside the shared allocation (the kernels read 16-byte vectors).

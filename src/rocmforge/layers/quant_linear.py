@@ -315,7 +315,7 @@ class QuantLinear:
     def fuse(cls, linears: Sequence[QuantLinear]) -> QuantLinear:
         """One layer whose output is the given ones' outputs concatenated; they become views of its storage.
 
-        GGUF rows are whole blocks and packed planes hold whole rows (or Q4_K's whole tiles of rows), so
+        GGUF rows are whole blocks and packed planes hold whole rows (or Q4_K/Q6_K's whole tiles of rows), so
         stacking rows stacks the weights. Re-pointing the originals at slices keeps one copy of the bytes on the
         device while they stay usable on their own.
         """

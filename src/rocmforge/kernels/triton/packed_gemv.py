@@ -31,10 +31,11 @@ _Q = GGMLQuantizationType
 GEMV_TYPES = frozenset({_Q.Q4_K, _Q.Q6_K})
 
 
-@triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
-def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT_K, ONE, TQ: tl.constexpr):
-    """One column tile (64 rows) of the Q6_K planes times x, over a range of super-blocks: Q4_K's kernel with
-    6-bit quants (low nibble from ``ql``, top 2 bits from ``qh``) and a scale per 16-value half (e < 4, e >= 4)."""
+@triton.jit
+def _tile_program(K, SPLIT_K, TQ: tl.constexpr):
+    """This program's column tile ``t`` (int64) and K split ``pid_k``; the index tensors of its tile
+    ``[CPT, 8 (sub-block g), TQ, 4 (word j)]`` (row c = cc * TQ + cq, CPT = 64 / TQ rows a thread); and its range
+    of super-blocks. The statements keep the order the kernels had inline: the compiled code is byte-identical."""
     CPT: tl.constexpr = 64 // TQ
     t = tl.program_id(0).to(tl.int64)
     pid_k = tl.program_id(1)
@@ -47,11 +48,29 @@ def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT
     per_split = tl.cdiv(n_super, SPLIT_K)
     start = pid_k * per_split
     stop = tl.minimum(start + per_split, n_super)
+    return t, pid_k, c, g, j, start, stop
+
+
+@triton.jit
+def _store_tile(out_ptr, acc, t, pid_k, N, TQ: tl.constexpr):
+    """Sum ``acc`` [CPT, 8, TQ, 1] over its sub-blocks and write the tile's rows (below N) of this K split."""
+    CPT: tl.constexpr = 64 // TQ
+    total = tl.sum(tl.sum(acc, axis=3), axis=1)  # [CPT, TQ]
+    rows = t * 64 + tl.arange(0, CPT)[:, None] * TQ + tl.arange(0, TQ)[None, :]
+    tl.store(out_ptr + pid_k * N + rows, total.to(out_ptr.dtype.element_ty), mask=rows < N)
+
+
+@triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
+def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT_K, ONE, TQ: tl.constexpr):
+    """One column tile (64 rows) of the Q6_K planes times x, over a range of super-blocks: Q4_K's kernel with
+    6-bit quants (low nibble from ``ql``, top 2 bits from ``qh``) and a scale per 16-value half (e < 4, e >= 4)."""
+    t, pid_k, c, g, j, start, stop = _tile_program(K, SPLIT_K, TQ)
+    n_super = K // 256
     word_off = (g * 64 + c) * 4 + j  # ql, qh: [CPT, 8, TQ, 4]
     sc_off = (g * 64 + c) * 2 * ONE + 0 * j  # the halves' scales, [CPT, 8, TQ, 4] (see the Q4_K kernel)
     row_off = c * ONE + 0 * (g + j)  # d
     x_off = 32 * g + j  # [1, 8, 1, 4]
-    acc = tl.zeros((CPT, 8, TQ, 1), dtype=tl.float32)
+    acc = tl.zeros((64 // TQ, 8, TQ, 1), dtype=tl.float32)  # [CPT, 8, TQ, 1]
     for sb in range(start, stop):
         sub_base = (t * (K // 32) + sb * 8) * 64
         ql = tl.load(ql_ptr + sub_base * 4 + word_off)
@@ -63,9 +82,7 @@ def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT
         half1 = _q6_k_half_dot(ql, qh, x_ptr + sb * 256 + x_off, 4)
         # The scale tensors repeat along j (zero stride): max picks the one value without a layout change.
         acc += tl.max(d * sc0, axis=3, keep_dims=True) * half0 + tl.max(d * sc1, axis=3, keep_dims=True) * half1
-    total = tl.sum(tl.sum(acc, axis=3), axis=1)  # [CPT, TQ]
-    rows = t * 64 + tl.arange(0, CPT)[:, None] * TQ + tl.arange(0, TQ)[None, :]
-    tl.store(out_ptr + pid_k * N + rows, total.to(out_ptr.dtype.element_ty), mask=rows < N)
+    _store_tile(out_ptr, acc, t, pid_k, N, TQ)
 
 
 @triton.jit
@@ -95,24 +112,14 @@ def _q4_k_gemv_kernel(x_ptr, out_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, N
     shared by the thread's CPT rows) and the per-sub-block sums stay in registers. ``ONE`` (1 at run time) hides
     the scale planes' contiguity along c, which would otherwise earn them another layout and a conversion
     through shared memory in every step."""
-    CPT: tl.constexpr = 64 // TQ
-    t = tl.program_id(0).to(tl.int64)
-    pid_k = tl.program_id(1)
-    cc = tl.arange(0, CPT)[:, None, None, None]
-    g = tl.arange(0, 8)[None, :, None, None]
-    cq = tl.arange(0, TQ)[None, None, :, None]
-    j = tl.arange(0, 4)[None, None, None, :]
-    c = cc * TQ + cq
+    t, pid_k, c, g, j, start, stop = _tile_program(K, SPLIT_K, TQ)
     n_super = K // 256
-    per_split = tl.cdiv(n_super, SPLIT_K)
-    start = pid_k * per_split
-    stop = tl.minimum(start + per_split, n_super)
     # Offsets inside one super-block of the tile (loop-invariant) and the super-block's bases.
     word_off = (g * 64 + c) * 4 + j  # [CPT, 8, TQ, 4]
     sub_off = (g * 64 + c) * ONE + 0 * j  # sc, mn
     row_off = c * ONE + 0 * (g + j)  # d, dmin: the full tile shape too, or they get a layout of their own
     x_off = 32 * g + j  # [1, 8, 1, 4]: element 32g + 4e + j is nibble e of word j
-    acc = tl.zeros((CPT, 8, TQ, 1), dtype=tl.float32)
+    acc = tl.zeros((64 // TQ, 8, TQ, 1), dtype=tl.float32)  # [CPT, 8, TQ, 1]
     for sb in range(start, stop):
         sub_base = (t * (K // 32) + sb * 8) * 64
         row_base = (t * n_super + sb) * 64
@@ -135,9 +142,7 @@ def _q4_k_gemv_kernel(x_ptr, out_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, N
         dsc = tl.max(d * sc, axis=3, keep_dims=True)
         dmn = tl.max(dmin * mn, axis=3, keep_dims=True)
         acc += dsc * (dot - 16.0 * x_sum) - dmn * x_sum
-    total = tl.sum(tl.sum(acc, axis=3), axis=1)  # [CPT, TQ]
-    rows = t * 64 + tl.arange(0, CPT)[:, None] * TQ + tl.arange(0, TQ)[None, :]
-    tl.store(out_ptr + pid_k * N + rows, total.to(out_ptr.dtype.element_ty), mask=rows < N)
+    _store_tile(out_ptr, acc, t, pid_k, N, TQ)
 
 
 @triton.jit
