@@ -37,9 +37,17 @@ def test_packed_gemv_matches_reference(qtype: GGMLQuantizationType, config: Gemv
     device = triton_device()
     raw = random_raw(qtype, n, k, seed=n + k)
     x = torch.randn(1, k, generator=torch.Generator().manual_seed(k))
-    out = packed_gemv(x.to(device), pack(raw.to(device), qtype, (n, k)), config=config)
+    packed = pack(raw.to(device), qtype, (n, k))
+    out = packed_gemv(x.to(device), packed, config=config)
     assert out.shape == (1, n) and out.dtype == torch.float32
     assert_within(out, x, raw, qtype, RTOL_FP32)
+    assert_split_finished(packed)
+    assert torch.equal(packed_gemv(x.to(device), packed, config=config), out)
+
+
+def assert_split_finished(packed: PackedWeight) -> None:
+    """Every split-K tile's last program set its arrival counter back to zero for the next launch."""
+    assert int(packed.split_counters.count_nonzero()) == 0
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
@@ -77,3 +85,20 @@ def test_gpu_packed_gemv_model_shapes(qtype: GGMLQuantizationType, n: int, k: in
     x = torch.randn(1, k, generator=torch.Generator().manual_seed(k)).to(dtype)
     out = packed_gemv(x.cuda(), pack(raw, qtype, (n, k)))
     assert_within(out.float(), x.float(), raw, qtype, RTOL_FP32 if dtype == torch.float32 else RTOL_HALF)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_gpu_split_k_finish_is_ordered(qtype: GGMLQuantizationType) -> None:
+    """Split over K 16 ways, back-to-back launches all give the first one's bits: each tile's last program reads
+    every other program's partials (a missed release/acquire would show as a differing or stale row)."""
+    n, k = 4096, 4096
+    packed = pack(random_raw(qtype, n, k, seed=2).cuda(), qtype, (n, k))
+    xs = torch.randn(8, 1, k, generator=torch.Generator().manual_seed(5)).cuda()
+    config = GemvConfig(TILE_ROWS, programs_per_sm=32, num_warps=2, rows_per_thread=1)
+    first = [packed_gemv(x, packed, config=config) for x in xs]
+    for _ in range(50):
+        for x, expected in zip(xs, first, strict=True):
+            assert torch.equal(packed_gemv(x, packed, config=config), expected)
+    assert_within(first[0], xs[0].cpu(), random_raw(qtype, n, k, seed=2), qtype, RTOL_FP32)
+    assert_split_finished(packed)

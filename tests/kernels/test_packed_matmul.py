@@ -95,8 +95,12 @@ def test_tiles_and_split_k(
     raw = random_raw(qtype, n, k, seed=split_k)
     x = torch.randn(3, k, generator=torch.Generator().manual_seed(split_k))
     config = KernelConfig(16, block_m, 4, 2, split_k=split_k, kb=kb, reduce_each_step=reduce)
-    out = packed_matmul(x.to(device), pack(raw.to(device), qtype, (n, k)), config=config)
+    packed = pack(raw.to(device), qtype, (n, k))
+    out = packed_matmul(x.to(device), packed, config=config)
     assert_within(out, x, raw, qtype, RTOL_FP32)
+    # Each tile's last program summed the partials and reset its counter: a second launch gives the same bits.
+    assert int(packed.split_counters.count_nonzero()) == 0
+    assert torch.equal(packed_matmul(x.to(device), packed, config=config), out)
 
 
 def test_configs_shrink_to_fit_shared_memory() -> None:
@@ -148,6 +152,11 @@ def test_rejects_bad_arguments(device: torch.device) -> None:
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         packed_matmul(torch.zeros(1, 64, dtype=torch.float64, device=device), packed)
     assert packed_matmul(torch.zeros(0, 64, device=device), packed).shape == (0, 4)
+    # A split launch needs a counter per output tile: more tiles than the weight holds is refused, not raced.
+    few = dataclasses.replace(packed, split_counters=packed.split_counters[:1])
+    split = KernelConfig(16, 16, 4, 2, split_k=2, kb=2)
+    with pytest.raises(ValueError, match="exceed the weight's 1 counters"):
+        packed_matmul(torch.zeros(17, 64, device=device), few, config=split)
 
 
 def test_config_table_covers_every_m() -> None:

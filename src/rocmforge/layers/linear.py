@@ -7,6 +7,7 @@ satisfy :class:`LinearLayer`, and :class:`ConcatLinear` runs several of them as 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -101,3 +102,31 @@ class ConcatLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
+def split_projection(layer: LinearLayer, x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """``layer(x)`` split along the last dimension into chunks of ``sizes``.
+
+    Where ``layer`` is a :class:`ConcatLinear` whose parts end at every chunk boundary (q and k sharing a Q4_K
+    matrix, v in Q6_K, split as q|k and v), each chunk is its parts' own output: no concatenation copy (a
+    kernel and a graph node per layer in decode) only to be split again.
+
+    Raises:
+        ValueError: ``sizes`` do not add up to ``layer.out_features``.
+    """
+    if sum(sizes) != layer.out_features:
+        raise ValueError(f"split_projection: sizes {list(sizes)} do not add up to {layer.out_features} outputs")
+    bounds = list(itertools.accumulate(sizes))
+    if not isinstance(layer, ConcatLinear):
+        return list(layer(x).split(list(sizes), dim=-1))
+    ends = list(itertools.accumulate(part.out_features for part in layer.parts))
+    if not set(bounds) <= set(ends):
+        return list(layer(x).split(list(sizes), dim=-1))
+    chunks: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []
+    for end, part in zip(ends, layer.parts, strict=True):
+        pending.append(part(x))
+        if end in bounds:
+            chunks.append(pending[0] if len(pending) == 1 else torch.cat(pending, dim=-1))
+            pending = []
+    return chunks

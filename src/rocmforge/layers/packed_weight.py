@@ -33,7 +33,15 @@ from dataclasses import dataclass
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-__all__ = ["PACKED_TYPES", "PLANE_NAMES", "TILE_ROWS", "PackedWeight", "pack"]
+__all__ = [
+    "PACKED_TYPES",
+    "PLANE_NAMES",
+    "ROWS_PER_SPLIT_COUNTER",
+    "TILE_ROWS",
+    "PackedWeight",
+    "new_split_counters",
+    "pack",
+]
 
 _Q = GGMLQuantizationType
 
@@ -61,6 +69,10 @@ class PackedWeight:
     qtype: GGMLQuantizationType
     shape: tuple[int, int]
     planes: tuple[torch.Tensor, ...]
+    # int32 arrival counters of split-K launches over this weight, zero between launches (the kernels'
+    # ``finish_split``): one per output tile that a launch splits over K. Held by the weight, not the device, so
+    # that weights used on different streams (two engines in one process) never share one.
+    split_counters: torch.Tensor
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +101,9 @@ class PackedWeight:
         if start % align or (stop % align and stop != n):
             raise ValueError(f"PackedWeight rows {start}:{stop} of a {self.qtype.name} weight cut a {align}-row tile")
         planes = tuple(p[start // align : -(-stop // align)] for p in self.planes)
-        return PackedWeight(self.qtype, (stop - start, self.shape[1]), planes)
+        # The slice shares its parent's counters: launches on one stream run one after another, and each leaves
+        # every counter at zero.
+        return PackedWeight(self.qtype, (stop - start, self.shape[1]), planes, self.split_counters)
 
     def __getitem__(self, rows: slice) -> PackedWeight:
         """Rows ``rows`` (a slice without step; views of the planes), as a tensor's rows slice."""
@@ -105,7 +119,9 @@ class PackedWeight:
             tile, col = ids // self.row_align, ids % self.row_align
             # [T, G, 64, ...][tile, :, col] -> [R, G, ...]: the advanced indices gather whole rows of every plane.
             planes = tuple(_to_tiles(p[tile, :, col], self.row_align) for p in self.planes)
-        return PackedWeight(self.qtype, (int(ids.numel()), self.shape[1]), planes)
+        # Shares the parent's counters, as a row slice does: gathered rows are read by the dequantize kernel, and
+        # a new tensor here would be a host-to-device copy, which a CUDA-graph capture (embedding lookups) forbids.
+        return PackedWeight(self.qtype, (int(ids.numel()), self.shape[1]), planes, self.split_counters)
 
     @staticmethod
     def cat(weights: Sequence[PackedWeight]) -> PackedWeight:
@@ -122,7 +138,7 @@ class PackedWeight:
         planes = _empty_planes(first.qtype, n, first.shape[1], first.device)
         for i, plane in enumerate(planes):
             torch.cat([w.planes[i] for w in weights], out=plane)
-        return PackedWeight(first.qtype, (n, first.shape[1]), planes)
+        return PackedWeight(first.qtype, (n, first.shape[1]), planes, new_split_counters(n, first.device))
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The [N, K] weight in ``dtype`` by torch ops (the float32 values equal GGUF's dequantization exactly)."""
@@ -148,6 +164,18 @@ class PackedWeight:
             dl = (d.to(torch.float32).view(n, -1, 1) * sc.view(n, -1, 16).to(torch.float32)).view(n, k // 16, 1)
             out = torch.mul(dl, q)
         return out.reshape(n, k).to(dtype)
+
+
+# Rows of a weight per split-K arrival counter: the smallest output tile a split launch uses is 16 rows by 16
+# rows of x, and split-K serves M <= 64 (four such x tiles), so one counter per 4 rows covers every tile.
+ROWS_PER_SPLIT_COUNTER = 4
+
+
+def new_split_counters(n: int, device: torch.device) -> torch.Tensor:
+    """Zeroed split-K arrival counters for an [n, K] weight on ``device``.
+
+    Zeros made on the host and copied: a device fill would load torch's fill kernels (~8 MiB of host memory)."""
+    return torch.zeros(max(1, -(-n // ROWS_PER_SPLIT_COUNTER)), dtype=torch.int32).to(device)
 
 
 def _tile_rows(qtype: GGMLQuantizationType) -> int:
@@ -307,4 +335,4 @@ def pack(raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, int])
                 plane[start : start + r] = value.reshape(r, -1)
             else:
                 _store_tiles(plane, start, value.reshape(r, plane.shape[1], *plane.shape[3:]))
-    return PackedWeight(qtype, (n, k), planes)
+    return PackedWeight(qtype, (n, k), planes, new_split_counters(n, raw.device))

@@ -13,7 +13,7 @@ import torch
 
 from rocmforge.config import ModelConfig
 from rocmforge.layers.activation import gated_activation
-from rocmforge.layers.linear import ConcatLinear, Linear, LinearLayer, stack_rows
+from rocmforge.layers.linear import ConcatLinear, Linear, LinearLayer, split_projection, stack_rows
 from rocmforge.layers.norm import add_rms_norm, rms_norm
 from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention
 from rocmforge.layers.quant_linear import QuantLinear
@@ -176,6 +176,7 @@ class DecoderModel:
         num_tokens = token_ids.shape[0]
         rope_tables = {swa: rope.cos_sin(positions) for swa, rope in self._rope.items()}
         q_size, kv_size = cfg.q_size, cfg.kv_size
+        v_size = cfg.num_kv_heads * cfg.v_head_dim
         num_qk_heads = cfg.num_heads + cfg.num_kv_heads
         h = w.embed_tokens[token_ids].to(self.dtype)
         if cfg.embedding_scale != 1.0:
@@ -184,10 +185,10 @@ class DecoderModel:
         x = rms_norm(h, w.layers[0].attn_norm, cfg.rms_norm_eps)
         for index, (layer, fused) in enumerate(zip(w.layers, self._fused, strict=True)):
             swa = cfg.sliding_window_layers[index]
-            qkv = fused.qkv_proj(x)
+            qk, v = split_projection(fused.qkv_proj, x, (q_size + kv_size, v_size))
             # q and k side by side as [T, H + KVH, D]: their norms and RoPE run once for both.
-            qk = qkv[:, : q_size + kv_size].view(num_tokens, num_qk_heads, cfg.head_dim)
-            v = qkv[:, q_size + kv_size :].view(num_tokens, cfg.num_kv_heads, cfg.v_head_dim)
+            qk = qk.view(num_tokens, num_qk_heads, cfg.head_dim)
+            v = v.view(num_tokens, cfg.num_kv_heads, cfg.v_head_dim)
             if fused.qk_norm is not None:
                 qk = rms_norm(qk, fused.qk_norm, cfg.rms_norm_eps)
             cos, sin = rope_tables[swa]
@@ -200,7 +201,7 @@ class DecoderModel:
             if layer.post_attn_norm is not None:
                 attn = rms_norm(attn, layer.post_attn_norm, cfg.rms_norm_eps)
             x, h = add_rms_norm(attn, h, layer.ffn_norm, cfg.rms_norm_eps)
-            gate, up = fused.gate_up_proj(x).split(cfg.intermediate_size, dim=-1)
+            gate, up = split_projection(fused.gate_up_proj, x, (cfg.intermediate_size, cfg.intermediate_size))
             ffn = layer.down_proj(gated_activation(gate, up, cfg.activation))
             if layer.post_ffn_norm is not None:
                 ffn = rms_norm(ffn, layer.post_ffn_norm, cfg.rms_norm_eps)

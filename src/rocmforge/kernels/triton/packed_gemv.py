@@ -9,8 +9,8 @@ mantissa (16 + q for Q4_K, 64 + q for Q6_K), and the offset comes off once per s
 On an H200 (BENCHMARKS.md, "Q4_K column tiles", "Q6_K column tiles") they run 1.16x and ~1.3x faster than the
 row-major kernels before them.
 
-K splits across programs (float32 partials summed by ``packed_matmul``'s deterministic second kernel) until the
-grid has enough programs to keep memory busy.
+K splits across programs until the grid has enough programs to keep memory busy; the float32 partials are
+summed by each tile's last program (``packed_matmul.finish_split``, deterministic).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
-from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, split_outputs, sum_splits
+from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, finish_split, split_outputs
 from rocmforge.layers.packed_weight import TILE_ROWS, PackedWeight
 
 __all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "packed_gemv"]
@@ -52,16 +52,32 @@ def _tile_program(K, SPLIT_K, TQ: tl.constexpr):
 
 
 @triton.jit
-def _store_tile(out_ptr, acc, t, pid_k, N, TQ: tl.constexpr):
-    """Sum ``acc`` [CPT, 8, TQ, 1] over its sub-blocks and write the tile's rows (below N) of this K split."""
+def _store_tile(out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, TQ: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
+    """Sum ``acc`` [CPT, 8, TQ, 1] over its sub-blocks: the tile's rows (below N) of this K split, finished by
+    ``finish_split`` (the tile's counter is ``counter_ptr[t]``)."""
     CPT: tl.constexpr = 64 // TQ
     total = tl.sum(tl.sum(acc, axis=3), axis=1)  # [CPT, TQ]
     rows = t * 64 + tl.arange(0, CPT)[:, None] * TQ + tl.arange(0, TQ)[None, :]
-    tl.store(out_ptr + pid_k * N + rows, total.to(out_ptr.dtype.element_ty), mask=rows < N)
+    finish_split(out_ptr, part_ptr, counter_ptr + t, rows, rows < N, total, pid_k, SPLIT_K, N, SPLIT_BLOCK)
 
 
 @triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
-def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT_K, ONE, TQ: tl.constexpr):
+def _q6_k_gemv_kernel(
+    x_ptr,
+    out_ptr,
+    part_ptr,
+    counter_ptr,
+    ql_ptr,
+    qh_ptr,
+    sc_ptr,
+    d_ptr,
+    N,
+    K,
+    SPLIT_K,
+    ONE,
+    TQ: tl.constexpr,
+    SPLIT_BLOCK: tl.constexpr,
+):
     """One column tile (64 rows) of the Q6_K planes times x, over a range of super-blocks: Q4_K's kernel with
     6-bit quants (low nibble from ``ql``, top 2 bits from ``qh``) and a scale per 16-value half (e < 4, e >= 4)."""
     t, pid_k, c, g, j, start, stop = _tile_program(K, SPLIT_K, TQ)
@@ -82,7 +98,7 @@ def _q6_k_gemv_kernel(x_ptr, out_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, N, K, SPLIT
         half1 = _q6_k_half_dot(ql, qh, x_ptr + sb * 256 + x_off, 4)
         # The scale tensors repeat along j (zero stride): max picks the one value without a layout change.
         acc += tl.max(d * sc0, axis=3, keep_dims=True) * half0 + tl.max(d * sc1, axis=3, keep_dims=True) * half1
-    _store_tile(out_ptr, acc, t, pid_k, N, TQ)
+    _store_tile(out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, TQ, SPLIT_BLOCK)
 
 
 @triton.jit
@@ -104,7 +120,23 @@ def _q6_k_half_dot(ql, qh, x_ptrs, E0: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
-def _q4_k_gemv_kernel(x_ptr, out_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, N, K, SPLIT_K, ONE, TQ: tl.constexpr):
+def _q4_k_gemv_kernel(
+    x_ptr,
+    out_ptr,
+    part_ptr,
+    counter_ptr,
+    qs_ptr,
+    sc_ptr,
+    mn_ptr,
+    d_ptr,
+    dmin_ptr,
+    N,
+    K,
+    SPLIT_K,
+    ONE,
+    TQ: tl.constexpr,
+    SPLIT_BLOCK: tl.constexpr,
+):
     """One column tile (64 rows) of the Q4_K planes times x, over a range of super-blocks; see the module doc.
 
     The tile is [CPT, 8 (sub-block g), TQ, 4 (word j)] for row c = cc * TQ + cq: the loads' only contiguous axis
@@ -142,7 +174,7 @@ def _q4_k_gemv_kernel(x_ptr, out_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, N
         dsc = tl.max(d * sc, axis=3, keep_dims=True)
         dmn = tl.max(dmin * mn, axis=3, keep_dims=True)
         acc += dsc * (dot - 16.0 * x_sum) - dmn * x_sum
-    _store_tile(out_ptr, acc, t, pid_k, N, TQ)
+    _store_tile(out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, TQ, SPLIT_BLOCK)
 
 
 @triton.jit
@@ -192,11 +224,21 @@ def packed_gemv(
     grid_n = triton.cdiv(n, config.block_n)
     # Programs read one super-block a step from contiguous tiles: a split may be a single step.
     split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device, 1)
-    out, target = split_outputs(1, n, split, out_dtype, x.device)
+    out, partials = split_outputs(weight, 1, n, split, grid_n, out_dtype, x.device)
     kernel = _q4_k_gemv_kernel if weight.qtype == _Q.Q4_K else _q6_k_gemv_kernel
     planes = (p.contiguous() for p in weight.planes)
     kernel[(grid_n, split)](
-        x, target, *planes, n, k, split, 1, TQ=TILE_ROWS // config.rows_per_thread, num_warps=config.num_warps
+        x,
+        out,
+        partials,
+        weight.split_counters,
+        *planes,
+        n,
+        k,
+        split,
+        1,
+        TQ=TILE_ROWS // config.rows_per_thread,
+        SPLIT_BLOCK=triton.next_power_of_2(split),
+        num_warps=config.num_warps,
     )
-    sum_splits(target, out, split)
     return out

@@ -12,11 +12,11 @@ shared-memory round trip of the tile; ``BLOCK_M`` 2-8 the same with a few rows o
 it lost to the tl.dot kernel at M = 4).
 
 Decode (small M) reads each weight once; its grid of ``N / BLOCK_N`` programs is too small to keep enough loads
-in flight on ~130 SMs, so K is split over several programs that write float32
-partial sums, and a second small kernel adds them up in a fixed order (deterministic, no atomics, no zero-init)
-and casts to the output dtype. Every launch has static shapes and no host sync: CUDA-graph capturable. Measured
-(BENCHMARKS.md): the M = 1 GEMV reaches 31-60% of copy bandwidth, bound by per-value instruction work rather
-than HBM.
+in flight on ~130 SMs, so K is split over several programs that write float32 partial sums; the last program of
+an output tile to finish adds them up in a fixed order (deterministic, no float atomics) and casts to the output
+dtype (:func:`finish_split`, with counters the weight holds). Every launch has static shapes and no host sync:
+CUDA-graph capturable. Measured (BENCHMARKS.md): the M = 1 GEMV reaches 31-60% of copy bandwidth, bound by
+per-value instruction work rather than HBM.
 
 float32 activations: the GEMV (M = 1) multiplies in float32. The dot kernel (M > 1) uses ``input_precision``
 "tf32x3" on the GPU (error ~1e-7 relative), which measured 4-60x slower than bf16 on an H100: callers that want
@@ -128,6 +128,8 @@ def _tile(p0, p1, p2, p3, p4, rows, mask_n, i, K, QTYPE: tl.constexpr, BLOCK_N: 
 def _packed_matmul_kernel(
     x_ptr,
     out_ptr,
+    part_ptr,
+    counter_ptr,
     p0,
     p1,
     p2,
@@ -138,6 +140,7 @@ def _packed_matmul_kernel(
     K,
     stride_xm,
     SPLIT_K,
+    SPLIT_BLOCK: tl.constexpr,
     QTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -205,20 +208,39 @@ def _packed_matmul_kernel(
                 acc = tl.dot(w.to(xt.dtype).to(tl.float32), xt.to(tl.float32), acc, input_precision="ieee")
             else:
                 acc = tl.dot(w.to(xt.dtype), xt, acc)
-    # out (or this split's float32 partials) is [M, N] row-major: element (m, n) at m * N + n.
-    out = out_ptr + pid_k * M * N + offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_n & mask_m)
+    # out (and each split's float32 partials) is [M, N] row-major: element (m, n) at m * N + n.
+    offs = offs_m[None, :].to(tl.int64) * N + offs_n[:, None]
+    counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
+    finish_split(out_ptr, part_ptr, counter, offs, mask_n & mask_m, acc, pid_k, SPLIT_K, M * N, SPLIT_BLOCK)
 
 
 @triton.jit
-def _sum_splits_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    """out[i] = sum over s of part[s, i], in order s = 0, 1, ... (deterministic), cast to out's dtype."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < MN
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in tl.static_range(SPLIT_K):
-        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+def finish_split(out_ptr, part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K, MN, SPLIT_BLOCK: tl.constexpr):
+    """Write a program's ``acc`` (float32, its sum over its range of K) for the outputs at ``offs``.
+
+    Unsplit: straight into ``out_ptr`` in its dtype. Split: into this split's float32 partials at ``part_ptr``;
+    then the tile's last program to arrive (an acq_rel counter per output tile, ``counter_ptr``) adds the
+    SPLIT_K partials in split order, the same sum whichever program comes last (deterministic, no float
+    atomics), writes ``out_ptr`` and sets the counter back to zero for the next launch. That replaces a second
+    kernel, a graph node and its gap, per split matmul.
+    """
+    if SPLIT_K == 1:
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(part_ptr + pid_k * MN + offs, acc, mask=mask)
+        # Every thread's partials are stored before one thread publishes the arrival (release at GPU scope).
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros_like(acc)
+            # Unrolled to SPLIT_BLOCK (SPLIT_K rounded up to a power of two): the loads leave together, one L2
+            # round trip instead of SPLIT_K. .cg reads L2, where the other programs' partials are, never a stale
+            # line of this SM's L1.
+            for s in tl.static_range(SPLIT_BLOCK):
+                in_split = mask & (tl.full(offs.shape, s, tl.int32) < SPLIT_K)  # full: the interpreter's masks
+                total += tl.load(part_ptr + s * MN + offs, mask=in_split, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(counter_ptr, 0)
 
 
 @triton.jit
@@ -391,17 +413,20 @@ def packed_matmul(
     split = config.split_k or _auto_split(grid_n * grid_m, n_steps, config.programs_per_sm, x.device)
     if x.stride(1) != 1:
         x = x.contiguous()
-    out, target = split_outputs(m, n, split, out_dtype, x.device)
+    out, partials = split_outputs(weight, m, n, split, grid_n * grid_m, out_dtype, x.device)
     precision = FP32_PRECISION if x.device.type == "cuda" else "ieee"
     _packed_matmul_kernel[(grid_n, grid_m, split)](
         x,
-        target,
+        out,
+        partials,
+        weight.split_counters,
         *_planes(weight),
         m,
         n,
         k,
         x.stride(0),
         split,
+        SPLIT_BLOCK=triton.next_power_of_2(split),
         QTYPE=int(weight.qtype.value),
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
@@ -412,25 +437,26 @@ def packed_matmul(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    sum_splits(target, out, split)
     return out
 
 
 def split_outputs(
-    m: int, n: int, split: int, out_dtype: torch.dtype, device: torch.device
+    weight: PackedWeight, m: int, n: int, split: int, tiles: int, out_dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (M, N) output, and where a kernel split ``split`` ways over K writes: the output itself when not
-    split, else float32 partials (split, M, N) that :func:`sum_splits` adds into it."""
+    """The (M, N) output, and the float32 partials (split, M, N) of a launch over ``tiles`` output tiles split
+    ``split`` ways over K, which :func:`finish_split` adds into it (the output itself stands in when not split:
+    nothing writes it).
+
+    Raises:
+        ValueError: a split launch has more output tiles than ``weight`` has counters (only explicit configs).
+    """
+    if split > 1 and tiles > weight.split_counters.numel():
+        raise ValueError(
+            f"{tiles} output tiles split over K exceed the weight's {weight.split_counters.numel()} counters"
+        )
     out = torch.empty((m, n), dtype=out_dtype, device=device)
-    target = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=device)
-    return out, target
-
-
-def sum_splits(target: torch.Tensor, out: torch.Tensor, split: int) -> None:
-    """``out`` = the sum of ``target``'s split partials in split order (deterministic); nothing when not split."""
-    if split > 1:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(out.numel(), block),)](target, out, out.numel(), SPLIT_K=split, BLOCK=block)
+    partials = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=device)
+    return out, partials
 
 
 def dequantize_packed(weight: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
