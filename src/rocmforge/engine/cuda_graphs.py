@@ -34,7 +34,7 @@ import torch
 from rocmforge.engine.checks import cdiv
 from rocmforge.engine.scheduler_output import ScheduledRequest
 from rocmforge.errors import ConfigError
-from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice
+from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, new_split_counters
 from rocmforge.models.decoder import DecoderModel
 from rocmforge.models.kv_cache import PagedKVCache
 
@@ -116,6 +116,7 @@ class DecodeGraphs:
             query_start_loc=torch.arange(batch + 1, dtype=torch.int32, device=self.model.device),
             seq_lens=self._dev_i32[:batch],
             block_tables=tables[:batch],
+            split_counters=new_split_counters(self.model.device),
         )
 
     def _forward(self, batch: int, metadata: PagedAttentionMetadata) -> torch.Tensor:

@@ -62,6 +62,9 @@ class PagedAttentionMetadata:
     query_start_loc: torch.Tensor  # [batch + 1] int32
     seq_lens: torch.Tensor  # [batch] int32
     block_tables: torch.Tensor  # [batch, max_blocks] int32, padded with 0
+    # int32 arrival counters of the GPU kernel's split programs (one per query tile and KV head; zero between
+    # launches, each launch's last programs reset theirs): shared by the step's layers, which run one by one.
+    split_counters: torch.Tensor
     _prefills: list[_PrefillPlan] = field(default_factory=list)
     _decodes: list[_DecodePlan] = field(default_factory=list)
 
@@ -93,6 +96,7 @@ class PagedAttentionMetadata:
             query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
             seq_lens=torch.tensor([seq.seq_len for seq in sequences], dtype=torch.int32, device=device),
             block_tables=torch.tensor(tables, dtype=torch.int32, device=device).reshape(len(sequences), max_blocks),
+            split_counters=new_split_counters(device),
         )
         if device.type == "cpu":
             metadata._plan_cpu(set(windows))
@@ -113,6 +117,16 @@ class PagedAttentionMetadata:
                     masks={window: attention_mask(positions, key_positions, window) for window in windows},
                 )
             )
+
+
+# Split counters per metadata: the kernel splits only launches of fewer programs than a few per multiprocessor,
+# far fewer than this.
+SPLIT_COUNTERS = 4096
+
+
+def new_split_counters(device: torch.device) -> torch.Tensor:
+    """Zeroed arrival counters for a step's split attention launches on ``device``."""
+    return torch.zeros(SPLIT_COUNTERS, dtype=torch.int32, device=device)
 
 
 def _key_slots(seq: SequenceSlice, block_size: int) -> torch.Tensor | slice:

@@ -1,4 +1,4 @@
-"""Attention over a paged KV cache in one Triton kernel for decodes and prefill chunks alike (plus a merge kernel).
+"""Attention over a paged KV cache in one Triton kernel for decodes and prefill chunks alike.
 
 Same contract as :func:`rocmforge.layers.paged_attention.paged_attention` (the CPU path): packed queries
 ``q [num_tokens, num_heads, head_dim]``, the cache of one layer ``key_cache/value_cache [num_blocks,
@@ -18,7 +18,8 @@ Few programs cannot keep the GPU's memory system busy (a decode batch of 64 sequ
 heads is 128 programs; the first H200 run read 35-42% of the copy roofline there), so when a launch would
 have fewer programs than a few per multiprocessor, each program's keys are split across ``num_splits``
 programs (flash-decoding): each writes its unnormalized output, running max and sum to a float32 scratch
-buffer and a small second kernel merges the splits per (token, head).
+buffer, and the last of a tile's split programs to finish (an acq_rel arrival counter per tile and KV head,
+``metadata.split_counters``) merges them and resets its counter: no second kernel.
 
 Tiles are numbered without a host sync: sequence b's tiles start at ``query_start_loc[b] // BLOCK_Q + b``
 (an upper bound of the tiles before it), so ``num_tokens // BLOCK_Q + batch`` programs cover every
@@ -115,6 +116,7 @@ def _paged_attention_kernel(
     part_acc_ptr,
     part_max_ptr,
     part_sum_ptr,
+    counter_ptr,
     num_seqs,
     search_steps,
     num_tokens,
@@ -145,6 +147,7 @@ def _paged_attention_kernel(
     TILE_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
     SPLIT: tl.constexpr,
+    SPLITS_PAD: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -223,12 +226,32 @@ def _paged_attention_kernel(
         m_i = m_new
 
     if SPLIT:
-        # Partials of (split, token, head) rows; the merge kernel rescales them to the rows' global max.
-        part = (split * num_tokens + token) * (tl.num_programs(1) * GROUP) + head
+        # Partials of (split, token, head) rows; the tile's last split program to finish merges them.
+        row_part = token * (tl.num_programs(1) * GROUP) + head
+        part = split * num_tokens * (tl.num_programs(1) * GROUP) + row_part
         tl.store(part_max_ptr + part, m_i, mask=row_valid)
         tl.store(part_sum_ptr + part, l_i, mask=row_valid)
         part_ptrs = part_acc_ptr + part[:, None] * HEAD_DIM_PAD + dims[None, :]
         tl.store(part_ptrs, acc, mask=row_valid[:, None])
+        # Every thread's partials are stored before one thread publishes the arrival (release at GPU scope).
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counter_ptr + tile * tl.num_programs(1) + kv_head, 1, sem="acq_rel", scope="gpu")
+        if arrived == num_splits - 1:
+            out = _merge_splits(
+                part_acc_ptr,
+                part_max_ptr,
+                part_sum_ptr,
+                row_part,
+                row_valid,
+                dims,
+                num_splits,
+                num_tokens * (tl.num_programs(1) * GROUP),
+                HEAD_DIM_PAD,
+                SPLITS_PAD,
+            )
+            out_ptrs = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
+            tl.store(counter_ptr + tile * tl.num_programs(1) + kv_head, 0)  # ready for the next layer's launch
     else:
         # Every real row sees at least its own key, so l_i > 0 there; padding rows are not stored.
         out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
@@ -237,37 +260,44 @@ def _paged_attention_kernel(
 
 
 @triton.jit
-def _merge_splits_kernel(
+def _merge_splits(
     part_acc_ptr,
     part_max_ptr,
     part_sum_ptr,
-    out_ptr,
-    num_rows,
+    row_part,
+    row_valid,
+    dims,
     num_splits,
-    stride_ot,
-    stride_oh,
-    HEAD_DIM: tl.constexpr,
+    split_stride,
     HEAD_DIM_PAD: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
 ):
-    """out[token, head] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits' partials."""
-    token = tl.program_id(0)
-    head = tl.program_id(1)
-    row = token.to(tl.int64) * tl.num_programs(1) + head
+    """The rows' attention output from the splits' partials: sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s.
+
+    Loads go through L2 (.cg), where the other programs' partials are, and the split loop is unrolled so that
+    they leave together. Empty splits hold (max -1e30, sum 0, acc 0): weight 0 next to any split that saw a key.
+    """
     splits = tl.arange(0, SPLITS_PAD)
-    split_valid = splits < num_splits
-    part = splits.to(tl.int64) * num_rows + row
-    dims = tl.arange(0, HEAD_DIM_PAD)
-    dim_valid = dims < HEAD_DIM
-    # Empty splits hold (max -1e30, sum 0, acc 0): weight 0 next to any split that saw a key.
-    m = tl.load(part_max_ptr + part, mask=split_valid, other=-1.0e30)
-    weight = tl.exp2(m - tl.max(m, axis=0))
-    total = tl.sum(tl.load(part_sum_ptr + part, mask=split_valid, other=0.0) * weight, axis=0)
-    acc_ptrs = part_acc_ptr + part[:, None] * HEAD_DIM_PAD + dims[None, :]
-    acc = tl.load(acc_ptrs, mask=split_valid[:, None] & dim_valid[None, :], other=0.0)
-    out = tl.sum(acc * weight[:, None], axis=0) / total
-    out_ptrs = out_ptr + token.to(tl.int64) * stride_ot + head * stride_oh + dims
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=dim_valid)
+    in_split = (splits[:, None] < num_splits) & row_valid[None, :]
+    maxes = tl.load(
+        part_max_ptr + splits[:, None] * split_stride + row_part[None, :],
+        mask=in_split,
+        other=-1.0e30,
+        cache_modifier=".cg",
+    )
+    top = tl.max(maxes, axis=0)  # [BLOCK_M]
+    total = tl.zeros_like(top)
+    acc = tl.zeros([row_part.shape[0], HEAD_DIM_PAD], tl.float32)
+    for s in tl.static_range(SPLITS_PAD):
+        valid = row_valid & (tl.full(row_part.shape, s, tl.int32) < num_splits)
+        part = s * split_stride + row_part
+        m_s = tl.load(part_max_ptr + part, mask=valid, other=-1.0e30, cache_modifier=".cg")
+        weight = tl.exp2(m_s - top)
+        total += weight * tl.load(part_sum_ptr + part, mask=valid, other=0.0, cache_modifier=".cg")
+        acc_ptrs = part_acc_ptr + part[:, None] * HEAD_DIM_PAD + dims[None, :]
+        acc += weight[:, None] * tl.load(acc_ptrs, mask=valid[:, None], other=0.0, cache_modifier=".cg")
+    # Padding rows (never stored) have total 0: divide by 1 there.
+    return acc / tl.where(total > 0.0, total, 1.0)[:, None]
 
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -360,6 +390,11 @@ def paged_attention_triton(
         tile_n, num_stages = max(16, tile_n // 2), min(num_stages, 2)
 
     num_splits = _num_splits(metadata, block_q, num_kv_heads, window, q.device)
+    grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_splits)
+    if grid[0] * num_kv_heads > metadata.split_counters.numel():
+        # More programs than counters: only with SPLIT_BELOW_PROGRAMS raised far past a few per SM. Unsplit.
+        num_splits = 1
+        grid = (grid[0], grid[1], 1)
     if num_splits > 1:
         part_acc = torch.empty(num_splits, num_tokens, num_heads, head_dim_pad, dtype=torch.float32, device=q.device)
         part_max = torch.empty(num_splits, num_tokens, num_heads, dtype=torch.float32, device=q.device)
@@ -367,7 +402,6 @@ def paged_attention_triton(
     else:
         part_acc = part_max = part_sum = out  # not touched without SPLIT
 
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_splits)
     _paged_attention_kernel[grid](
         q,
         key_cache,
@@ -379,6 +413,7 @@ def paged_attention_triton(
         part_acc,
         part_max,
         part_sum,
+        metadata.split_counters,
         num_seqs,
         (num_seqs - 1).bit_length(),
         num_tokens,
@@ -401,26 +436,13 @@ def paged_attention_triton(
         TILE_N=tile_n,
         HAS_WINDOW=window is not None,
         SPLIT=num_splits > 1,
+        SPLITS_PAD=triton.next_power_of_2(num_splits),
         # A float32 dot would otherwise run in TF32 (10-bit mantissa) on NVIDIA tensor cores; half types
         # take the backend's default (the option only concerns float32 operands).
         DOT_PRECISION="ieee" if fp32 else None,
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    if num_splits > 1:
-        _merge_splits_kernel[(num_tokens, num_heads)](
-            part_acc,
-            part_max,
-            part_sum,
-            out,
-            num_tokens * num_heads,
-            num_splits,
-            out.stride(0),
-            head_dim,
-            HEAD_DIM=head_dim,
-            HEAD_DIM_PAD=head_dim_pad,
-            SPLITS_PAD=triton.next_power_of_2(num_splits),
-        )
     return out
 
 
