@@ -237,17 +237,9 @@ def _paged_attention_kernel(
         tl.debug_barrier()
         arrived = tl.atomic_add(counter_ptr + tile * tl.num_programs(1) + kv_head, 1, sem="acq_rel", scope="gpu")
         if arrived == num_splits - 1:
+            gap = num_tokens * (tl.num_programs(1) * GROUP)  # between splits' partials
             out = _merge_splits(
-                part_acc_ptr,
-                part_max_ptr,
-                part_sum_ptr,
-                row_part,
-                row_valid,
-                dims,
-                num_splits,
-                num_tokens * (tl.num_programs(1) * GROUP),
-                HEAD_DIM_PAD,
-                SPLITS_PAD,
+                part_acc_ptr, part_max_ptr, part_sum_ptr, row_part, row_valid, num_splits, gap, HEAD_DIM_PAD, SPLITS_PAD
             )
             out_ptrs = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
             tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
@@ -266,7 +258,6 @@ def _merge_splits(
     part_sum_ptr,
     row_part,
     row_valid,
-    dims,
     num_splits,
     split_stride,
     HEAD_DIM_PAD: tl.constexpr,
@@ -278,6 +269,7 @@ def _merge_splits(
     they leave together. Empty splits hold (max -1e30, sum 0, acc 0): weight 0 next to any split that saw a key.
     """
     splits = tl.arange(0, SPLITS_PAD)
+    dims = tl.arange(0, HEAD_DIM_PAD)
     in_split = (splits[:, None] < num_splits) & row_valid[None, :]
     maxes = tl.load(
         part_max_ptr + splits[:, None] * split_stride + row_part[None, :],
