@@ -20,7 +20,8 @@ For each weight scheme (Q4_K_M, Q8_0, F16 by default) the script writes a synthe
   The KV cache a step also reads (in the activation dtype, at the mean decode position) is printed beside it,
   not counted in.
 
-One profiling pass (``--profile-quant``, Q4_K_M by default) records ``--profile-steps`` decode steps with
+One profiling pass (``--profile-quant``, Q4_K_M by default), last and on a fresh load of the model (a profiler
+leaves CUPTI hooked into the process and slows what runs after it), records ``--profile-steps`` decode steps with
 ``torch.profiler`` (CPU + CUDA) and prints the top ops by device and by CPU time, the launches and host syncs per
 step, and the GPU-idle fraction of a step (1 - summed device time per step / wall time per step).
 
@@ -221,7 +222,7 @@ class RunnerDecoder:
 
 def time_direct(
     model: DecoderModel, prompt: list[int], args: argparse.Namespace, device: torch.device
-) -> tuple[dict[str, Any], RunnerDecoder, int]:
+) -> dict[str, Any]:
     n = len(prompt)
     start = time.perf_counter()
     decoder = RunnerDecoder(model, n + args.warmup_steps + args.decode_steps + args.profile_steps + 8, args.eager)
@@ -241,8 +242,9 @@ def time_direct(
         prefill_samples.append(time.perf_counter() - start)
     sync(device)
     start = time.perf_counter()
-    last = decoder.decode(token, n, args.decode_steps)
+    decoder.decode(token, n, args.decode_steps)
     decode_s = time.perf_counter() - start
+    decoder.release()
     prefill_s = statistics.median(prefill_samples)
     result = {
         "graphs": not args.eager,
@@ -256,7 +258,7 @@ def time_direct(
         "decode_tps": args.decode_steps / decode_s,
         "decode_ms_per_step": decode_s / args.decode_steps * 1e3,
     }
-    return result, decoder, last
+    return result
 
 
 def time_engine(path: Path, prompts: list[list[int]], args: argparse.Namespace) -> dict[str, Any]:
@@ -428,7 +430,7 @@ def run_quant(
         f"tok/s; KV read/token at pos {mid}: {row['kv_bytes_per_token_mid'] / 1e6:.0f} MB; load {row['load_s']:.1f} s"
     )
     with stage(f"{quant} direct"):
-        direct, decoder, last = time_direct(model, prompts[0], args, device)
+        direct = time_direct(model, prompts[0], args, device)
     direct["decode_roof_fraction"] = direct["decode_tps"] / row["roofline_tps"]
     row["direct"] = direct
     log(
@@ -437,18 +439,7 @@ def run_quant(
         f"({direct['decode_ms_per_step']:.2f} ms/step, CUDA graphs: {direct['graphs']}, warm-up + capture "
         f"{direct['warm_up_and_capture_s']:.1f} s)"
     )
-    if quant == args.profile_quant and args.profile_steps > 0:
-        with stage(f"{quant} profile"):
-            pos = args.prompt_len + args.decode_steps
-            prof = profile_decode(decoder, last, pos, args.profile_steps, device, direct["decode_ms_per_step"])
-        row["profile"] = prof
-        log(f"{quant} profile, {prof['steps']} decode steps:")
-        for key in ("top_by_device", "top_by_cpu", "top_kernels"):
-            log(f" {key}:\n{prof[key]}")
-        summary = {k: v for k, v in prof.items() if not k.startswith("top_")}
-        log(f" summary: {json.dumps(summary, indent=1)}")
-    decoder.release()
-    del model, decoder, tokenizer
+    del model, tokenizer
     free(device)
     if not args.no_engine:
         row["synth_running_during_engine"] = synth.running()
@@ -463,7 +454,34 @@ def run_quant(
             f"{engine['decode_tps']:.2f} tok/s = {engine.get('decode_roof_fraction', 0):.1%} of roofline"
         )
         free(device)
+    if quant == args.profile_quant and args.profile_steps > 0:
+        # Last, on a fresh load: the profiler leaves CUPTI hooked into the process, which slowed the engine's
+        # decode measured after it by 13% on an H100 (BENCHMARKS.md, session 7).
+        with stage(f"{quant} profile"):
+            prof = profile_run(path, prompts[0], args, device, direct["decode_ms_per_step"])
+        row["profile"] = prof
+        log(f"{quant} profile, {prof['steps']} decode steps:")
+        for key in ("top_by_device", "top_by_cpu", "top_kernels"):
+            log(f" {key}:\n{prof[key]}")
+        summary = {k: v for k, v in prof.items() if not k.startswith("top_")}
+        log(f" summary: {json.dumps(summary, indent=1)}")
     return row
+
+
+def profile_run(
+    path: Path, prompt: list[int], args: argparse.Namespace, device: torch.device, unprofiled_ms: float
+) -> dict[str, Any]:
+    """The model loaded again and decoded to where the timed decode ended, then ``profile_decode`` from there."""
+    model, _ = load_model_and_tokenizer(path, dtype=torch.bfloat16, device=device, quantized=True)
+    n = len(prompt)
+    decoder = RunnerDecoder(model, n + args.decode_steps + args.profile_steps + 8, args.eager)
+    try:
+        last = decoder.decode(decoder.prefill(prompt), n, args.decode_steps)
+        return profile_decode(decoder, last, n + args.decode_steps, args.profile_steps, device, unprofiled_ms)
+    finally:
+        decoder.release()
+        del model, decoder
+        free(device)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
