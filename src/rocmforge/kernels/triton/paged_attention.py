@@ -24,7 +24,8 @@ buffer, and the last of a tile's split programs to finish (an acq_rel arrival co
 Tiles are numbered without a host sync: sequence b's tiles start at ``query_start_loc[b] // BLOCK_Q + b``
 (an upper bound of the tiles before it), so ``num_tokens // BLOCK_Q + batch`` programs cover every
 sequence; each program finds its sequence by a binary search over ``query_start_loc`` and exits if its
-tile lies past the sequence's queries. The launch shape comes from host-side sizes only (tensor shapes
+tile lies past the sequence's queries. A launch of decodes only (every CUDA-graph decode step) skips all of
+that: tile b is sequence b. The launch shape comes from host-side sizes only (tensor shapes
 and ``metadata.sequences``), never from ``.item()`` on device tensors.
 """
 
@@ -148,17 +149,26 @@ def _paged_attention_kernel(
     HAS_WINDOW: tl.constexpr,
     SPLIT: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
+    DECODE_ONLY: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq = _find_sequence(query_start_loc_ptr, tile, num_seqs, search_steps, BLOCK_Q)
-    q_begin = tl.load(query_start_loc_ptr + seq)
-    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_begin
-    first_q = (tile - (q_begin // BLOCK_Q + seq)) * BLOCK_Q  # this tile's first query, counted in its sequence
-    if first_q >= q_len:
-        return  # one of the spare tiles of the upper-bound numbering
+    if DECODE_ONLY:
+        # One query token per sequence (every CUDA-graph decode step): tile b is sequence b's token b. No
+        # search and no query_start_loc loads: two fewer dependent memory round trips before the keys.
+        seq = tile
+        q_begin = tile
+        q_len = 1
+        first_q = 0
+    else:
+        seq = _find_sequence(query_start_loc_ptr, tile, num_seqs, search_steps, BLOCK_Q)
+        q_begin = tl.load(query_start_loc_ptr + seq)
+        q_len = tl.load(query_start_loc_ptr + seq + 1) - q_begin
+        first_q = (tile - (q_begin // BLOCK_Q + seq)) * BLOCK_Q  # this tile's first query, counted in its sequence
+        if first_q >= q_len:
+            return  # one of the spare tiles of the upper-bound numbering
     seq_len = tl.load(seq_lens_ptr + seq)
     context = seq_len - q_len  # keys cached before this step's queries
 
@@ -382,7 +392,9 @@ def paged_attention_triton(
         tile_n, num_stages = max(16, tile_n // 2), min(num_stages, 2)
 
     num_splits = _num_splits(metadata, block_q, num_kv_heads, window, q.device)
-    grid = (num_tokens // block_q + num_seqs, num_kv_heads, num_splits)
+    decode_only = max_query_len == 1
+    # Decodes only: one tile per sequence. Otherwise an upper bound on the tiles (see the module doc).
+    grid = (num_seqs if decode_only else num_tokens // block_q + num_seqs, num_kv_heads, num_splits)
     if grid[0] * num_kv_heads > metadata.split_counters.numel():
         # More programs than counters: only with SPLIT_BELOW_PROGRAMS raised far past a few per SM. Unsplit.
         num_splits = 1
@@ -429,6 +441,7 @@ def paged_attention_triton(
         HAS_WINDOW=window is not None,
         SPLIT=num_splits > 1,
         SPLITS_PAD=triton.next_power_of_2(num_splits),
+        DECODE_ONLY=decode_only,
         # A float32 dot would otherwise run in TF32 (10-bit mantissa) on NVIDIA tensor cores; half types
         # take the backend's default (the option only concerns float32 operands).
         DOT_PRECISION="ieee" if fp32 else None,
