@@ -28,8 +28,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-# Defined in this order: quant_matmul's kernel calls helpers from dequant_blocks.
+# Defined in this order: quant_matmul's kernel calls helpers from dequant_blocks, the split kernels split_arrival's.
 _KERNEL_MODULES = (
+    "rocmforge.kernels.triton.split_arrival",
     "rocmforge.kernels.triton.dequant_blocks",
     "rocmforge.kernels.triton.quant_matmul",
     "rocmforge.kernels.triton.packed_matmul",

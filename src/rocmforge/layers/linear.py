@@ -116,17 +116,16 @@ def split_projection(layer: LinearLayer, x: torch.Tensor, sizes: Sequence[int]) 
     """
     if sum(sizes) != layer.out_features:
         raise ValueError(f"split_projection: sizes {list(sizes)} do not add up to {layer.out_features} outputs")
-    bounds = list(itertools.accumulate(sizes))
-    if not isinstance(layer, ConcatLinear):
-        return list(layer(x).split(list(sizes), dim=-1))
-    ends = list(itertools.accumulate(part.out_features for part in layer.parts))
-    if not set(bounds) <= set(ends):
-        return list(layer(x).split(list(sizes), dim=-1))
-    chunks: list[torch.Tensor] = []
-    pending: list[torch.Tensor] = []
-    for end, part in zip(ends, layer.parts, strict=True):
-        pending.append(part(x))
-        if end in bounds:
-            chunks.append(pending[0] if len(pending) == 1 else torch.cat(pending, dim=-1))
-            pending = []
-    return chunks
+    if isinstance(layer, ConcatLinear):
+        bounds = set(itertools.accumulate(sizes))
+        ends = list(itertools.accumulate(part.out_features for part in layer.parts))
+        if bounds <= set(ends):
+            chunks: list[torch.Tensor] = []
+            pending: list[torch.Tensor] = []
+            for end, part in zip(ends, layer.parts, strict=True):
+                pending.append(part(x))
+                if end in bounds:
+                    chunks.append(pending[0] if len(pending) == 1 else torch.cat(pending, dim=-1))
+                    pending = []
+            return chunks
+    return list(layer(x).split(list(sizes), dim=-1))

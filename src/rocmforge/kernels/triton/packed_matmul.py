@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
+from rocmforge.kernels.triton.split_arrival import last_to_arrive
 from rocmforge.layers.packed_weight import PACKED_TYPES, PackedWeight
 
 __all__ = ["KernelConfig", "dequantize_packed", "kernel_config", "packed_matmul"]
@@ -219,7 +220,7 @@ def finish_split(out_ptr, part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K
     """Write a program's ``acc`` (float32, its sum over its range of K) for the outputs at ``offs``.
 
     Unsplit: straight into ``out_ptr`` in its dtype. Split: into this split's float32 partials at ``part_ptr``;
-    then the tile's last program to arrive (an acq_rel counter per output tile, ``counter_ptr``) adds the
+    then the tile's last program to arrive (``split_arrival``, a counter per output tile at ``counter_ptr``) adds the
     SPLIT_K partials in split order, the same sum whichever program comes last (deterministic, no float
     atomics), writes ``out_ptr`` and sets the counter back to zero for the next launch. That replaces a second
     kernel, a graph node and its gap, per split matmul.
@@ -228,10 +229,7 @@ def finish_split(out_ptr, part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(part_ptr + pid_k * MN + offs, acc, mask=mask)
-        # Every thread's partials are stored before one thread publishes the arrival (release at GPU scope).
-        tl.debug_barrier()
-        arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
+        if last_to_arrive(counter_ptr, SPLIT_K):
             total = tl.zeros_like(acc)
             # Unrolled to SPLIT_BLOCK (SPLIT_K rounded up to a power of two): the loads leave together, one L2
             # round trip instead of SPLIT_K. .cg reads L2, where the other programs' partials are, never a stale

@@ -18,7 +18,7 @@ Few programs cannot keep the GPU's memory system busy (a decode batch of 64 sequ
 heads is 128 programs; the first H200 run read 35-42% of the copy roofline there), so when a launch would
 have fewer programs than a few per multiprocessor, each program's keys are split across ``num_splits``
 programs (flash-decoding): each writes its unnormalized output, running max and sum to a float32 scratch
-buffer, and the last of a tile's split programs to finish (an acq_rel arrival counter per tile and KV head,
+buffer, and the last of a tile's split programs to finish (``split_arrival``: a counter per tile and KV head in
 ``metadata.split_counters``) merges them and resets its counter: no second kernel.
 
 Tiles are numbered without a host sync: sequence b's tiles start at ``query_start_loc[b] // BLOCK_Q + b``
@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rocmforge.kernels.triton.split_arrival import last_to_arrive
 from rocmforge.layers.paged_attention import PagedAttentionMetadata
 
 __all__ = ["MAX_SPLITS", "SPLIT_BELOW_PROGRAMS", "SPLIT_MIN_KEYS", "TILE_CONFIGS", "paged_attention_triton"]
@@ -243,17 +244,15 @@ def _paged_attention_kernel(
         tl.store(part_sum_ptr + part, l_i, mask=row_valid)
         part_ptrs = part_acc_ptr + part[:, None] * HEAD_DIM_PAD + dims[None, :]
         tl.store(part_ptrs, acc, mask=row_valid[:, None])
-        # Every thread's partials are stored before one thread publishes the arrival (release at GPU scope).
-        tl.debug_barrier()
-        arrived = tl.atomic_add(counter_ptr + tile * tl.num_programs(1) + kv_head, 1, sem="acq_rel", scope="gpu")
-        if arrived == num_splits - 1:
+        counter = counter_ptr + tile * tl.num_programs(1) + kv_head
+        if last_to_arrive(counter, num_splits):
             gap = num_tokens * (tl.num_programs(1) * GROUP)  # between splits' partials
             out = _merge_splits(
                 part_acc_ptr, part_max_ptr, part_sum_ptr, row_part, row_valid, num_splits, gap, HEAD_DIM_PAD, SPLITS_PAD
             )
             out_ptrs = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
             tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & dim_valid[None, :])
-            tl.store(counter_ptr + tile * tl.num_programs(1) + kv_head, 0)  # ready for the next layer's launch
+            tl.store(counter, 0)  # ready for the next layer's launch
     else:
         # Every real row sees at least its own key, so l_i > 0 there; padding rows are not stored.
         out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
