@@ -21,6 +21,10 @@ from tests.engine.test_llm import PROMPTS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
 
+# Each GPU engine's share of the card (EngineConfig.gpu_memory_utilization): the module's f32 engine lives
+# while each test below starts a second one, so the two shares must fit the card together.
+SHARE = 0.4
+
 GREEDY_32 = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
 
 
@@ -38,7 +42,7 @@ def cpu_llm(model_path: Path) -> Iterator[LLM]:
 
 @pytest.fixture(scope="module")
 def gpu_llm(model_path: Path) -> Iterator[LLM]:
-    llm = LLM(model_path, EngineConfig(device="cuda", dtype="f32", max_num_seqs=64))
+    llm = LLM(model_path, EngineConfig(device="cuda", dtype="f32", max_num_seqs=64, gpu_memory_utilization=SHARE))
     yield llm
     llm.shutdown()
 
@@ -76,7 +80,7 @@ def test_gpu_teacher_forced_top1_agrees_with_the_cpu_path(cpu_llm: LLM, gpu_llm:
 def test_gpu_bf16_weights_stay_close_to_the_cpu_path(cpu_llm: LLM, model_path: Path) -> None:
     prompts = PROMPTS[:12]
     cpu = _token_ids(cpu_llm, GREEDY_32, prompts)
-    with LLM(model_path, EngineConfig(device="cuda", dtype="bf16")) as llm:
+    with LLM(model_path, EngineConfig(device="cuda", dtype="bf16", gpu_memory_utilization=SHARE)) as llm:
         gpu = _token_ids(llm, GREEDY_32, prompts)
     # bf16 weights round every matmul input: greedy paths may part after a near tie, but must start together.
     first_tokens = sum(a[0] == b[0] for a, b in zip(cpu, gpu, strict=True))
@@ -103,7 +107,9 @@ def test_gpu_soak_random_batches_aborts_and_prefix_hits(cpu_llm: LLM, model_path
         finished[f"soak-{index}"] = (prompt, tokens)
 
     async def main() -> tuple[int, float]:
-        config = EngineConfig(device="cuda", dtype="f32", max_num_seqs=32, max_num_batched_tokens=256)
+        config = EngineConfig(
+            device="cuda", dtype="f32", max_num_seqs=32, max_num_batched_tokens=256, gpu_memory_utilization=SHARE
+        )
         async with AsyncLLM(model_path, config) as llm:
             index = 0
             while llm.stats.num_steps < 2000:

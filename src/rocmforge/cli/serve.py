@@ -37,7 +37,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--max-model-len", type=int, default=None, help="context length cap (default: the model's)")
     parser.add_argument("--kv-cache-memory", type=float, default=1.0, help="GiB of KV cache on the CPU (default: 1)")
     parser.add_argument("--num-kv-blocks", type=int, default=None, help="KV cache blocks (overrides the sizing)")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="fraction of GPU memory to use")
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="this engine's share of the GPU's memory: weights, activations and KV cache (as vLLM)",
+    )
     parser.add_argument(
         "--api-key",
         action="append",

@@ -20,8 +20,9 @@ class EngineConfig:
     ``dtype`` is the weights' matmul dtype (activations and the KV cache stay float32 on the CPU path).
     ``device`` is "auto" (a GPU when torch sees one; ROCm GPUs are "cuda" devices to torch), "cpu" or "cuda[:N]".
     The KV cache gets ``num_kv_blocks`` blocks if given; else, on the CPU, as many as fit ``kv_cache_memory``
-    bytes, and on a GPU, what is left of ``gpu_memory_utilization`` of its memory after the weights and the
-    activations of a full-size step; never more than ``max_num_seqs`` full-length sequences need.
+    bytes, and on a GPU, what is left of this engine's share of the card, ``gpu_memory_utilization`` of its
+    memory (vLLM's meaning: two engines on one GPU take e.g. 0.45 each), after its weights and the activations
+    of a full-size step; never more than ``max_num_seqs`` full-length sequences need.
     ``max_model_len`` (default: the model's context length) caps prompt plus output tokens per request.
     On a GPU, decode steps of up to ``max_num_seqs`` sequences replay CUDA graphs captured at start (vLLM's
     default too); ``enforce_eager`` runs every step op by op instead (slower, but starts sooner).

@@ -42,13 +42,21 @@ class EngineStats:
 
 
 class EngineCore:
-    def __init__(self, model: DecoderModel, eos_token_ids: Collection[int], config: EngineConfig) -> None:
+    def __init__(
+        self,
+        model: DecoderModel,
+        eos_token_ids: Collection[int],
+        config: EngineConfig,
+        weights_bytes: int | None = None,
+    ) -> None:
+        """``weights_bytes``: GPU memory the model's load took, so that the KV cache fills this engine's own
+        share of the card (``kv_sizing``); None counts all of this process's GPU tensors as the engine's."""
         self.model = model
         self.config = config
         self.eos_token_ids = frozenset(eos_token_ids)
         self.vocab_size = model.config.vocab_size
         self.max_model_len = min(config.max_model_len or model.config.context_length, model.config.context_length)
-        num_blocks = num_kv_blocks_for(model, config, self.max_model_len)
+        num_blocks = num_kv_blocks_for(model, config, self.max_model_len, weights_bytes)
         block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             block_manager, config.max_num_batched_tokens, config.max_num_seqs, self.max_model_len

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from rocmforge.engine.config import EngineConfig
 from rocmforge.engine.core import EngineCore
 from rocmforge.gguf.tokenizer import Tokenizer
@@ -32,11 +34,15 @@ class ModelSource:
 
     def build_core(self) -> EngineCore:
         config = self.config
+        device = config.torch_device
+        # What the load takes on the GPU is this engine's (its share, kv_sizing), not another engine's.
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         model, tokenizer = load_model_and_tokenizer(
-            self.path, dtype=config.torch_dtype, device=config.torch_device, progress=self.progress
+            self.path, dtype=config.torch_dtype, device=device, progress=self.progress
         )
+        weights_bytes = torch.cuda.memory_allocated(device) - before if device.type == "cuda" else None
         self._tokenizer = tokenizer
-        return EngineCore(model, tokenizer.eog_token_ids, config)
+        return EngineCore(model, tokenizer.eog_token_ids, config, weights_bytes)
 
     def encode(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         """(text, token ids) of a prompt given as text (tokenized with the model's BOS rules) or as token ids."""
