@@ -5,10 +5,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from typing import Literal
 
 import torch
 
-__all__ = ["interpreter_enabled", "triton_available", "triton_device"]
+__all__ = ["KernelTarget", "interpreter_enabled", "kernel_target", "triton_available", "triton_device"]
+
+# Who runs a kernel launched on tensors of a device: Triton's NVIDIA backend, its AMD backend, or the CPU
+# interpreter. The few launch choices that differ (a dot's input precision, say) key on this.
+KernelTarget = Literal["cuda", "hip", "interpreter"]
 
 
 def interpreter_enabled() -> bool:
@@ -35,3 +40,10 @@ def triton_device() -> torch.device:
     if interpreter_enabled() or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
+
+
+def kernel_target(device: torch.device) -> KernelTarget:
+    """The backend that runs kernels on ``device``: ROCm GPUs are "cuda" devices to torch, told apart by the build."""
+    if device.type != "cuda":
+        return "interpreter"
+    return "hip" if torch.version.hip else "cuda"

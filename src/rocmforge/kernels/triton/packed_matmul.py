@@ -19,8 +19,9 @@ CUDA-graph capturable. Measured (BENCHMARKS.md): the M = 1 GEMV reaches 31-60% o
 per-value instruction work rather than HBM.
 
 float32 activations: the GEMV (M = 1) multiplies in float32. The dot kernel (M > 1) uses ``input_precision``
-"tf32x3" on the GPU (error ~1e-7 relative), which measured 4-60x slower than bf16 on an H100: callers that want
-speed cast x to bf16 (QuantLinear does above M = 1); the interpreter multiplies exactly.
+"tf32x3" on NVIDIA GPUs (error ~1e-7 relative), which measured 4-60x slower than bf16 on an H100, and "ieee" on
+AMD's (no tf32x3 there): callers that want speed cast x to bf16 (QuantLinear does above M = 1); the interpreter
+multiplies exactly.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
+from rocmforge.kernels.triton.availability import KernelTarget, kernel_target
 from rocmforge.kernels.triton.split_arrival import last_to_arrive
 from rocmforge.layers.packed_weight import PACKED_TYPES, PackedWeight
 
@@ -306,7 +308,9 @@ CONFIGS: dict[GGMLQuantizationType, tuple[tuple[int, KernelConfig], ...]] = {
 # Fewest K steps a split keeps (below that the partial sums cost more than the parallelism gains).
 MIN_STEPS_PER_SPLIT = 2
 # float32 activations on the GPU (see the module doc); the interpreter's dot is exact either way.
-FP32_PRECISION = "tf32x3"
+# float32 x's dot precision per backend. NVIDIA: tf32x3 (three TF32 products, ~1e-7 relative). AMD's backend
+# has no tf32x3; "ieee" is exact there and runs on CDNA's float32 matrix cores. The interpreter is exact anyway.
+FP32_PRECISION: dict[KernelTarget, str] = {"cuda": "tf32x3", "hip": "ieee", "interpreter": "ieee"}
 
 
 def kernel_config(qtype: GGMLQuantizationType, m: int) -> KernelConfig:
@@ -412,7 +416,7 @@ def packed_matmul(
     if x.stride(1) != 1:
         x = x.contiguous()
     out, partials = split_outputs(weight, m, n, split, grid_n * grid_m, out_dtype, x.device)
-    precision = FP32_PRECISION if x.device.type == "cuda" else "ieee"
+    target = kernel_target(x.device)
     _packed_matmul_kernel[(grid_n, grid_m, split)](
         x,
         out,
@@ -429,8 +433,8 @@ def packed_matmul(
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         KB=config.kb,
-        PRECISION=precision,
-        UPCAST=x.device.type != "cuda",
+        PRECISION=FP32_PRECISION[target],
+        UPCAST=target == "interpreter",
         REDUCE_EACH_STEP=config.reduce_each_step,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
