@@ -380,7 +380,8 @@ def _shared_budget(device: torch.device) -> int:
     """Shared memory a program may use, with a margin for Triton's own scratch."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return int(0.85 * getattr(props, "shared_memory_per_block_optin", 96 * 1024))
+        # Older torch builds lack the opt-in field: then the 48 KB every CUDA and ROCm GPU gives a block.
+        return int(0.85 * (getattr(props, "shared_memory_per_block_optin", 0) or 48 * 1024))
     return 1 << 30  # the interpreter has no such limit
 
 
