@@ -1,11 +1,12 @@
-"""Compile every Triton kernel of the package for AMD GPUs, ahead of time, on a machine without one.
+"""Compile every Triton kernel of the package for AMD and NVIDIA GPUs, ahead of time, on a machine without one.
 
-``python -m tests.kernels.amd_compile [ARCH ...]`` (default: gfx942, gfx90a, gfx1100). Each kernel wrapper runs
-on small CPU tensors in the configuration it would launch on a ROCm GPU (``kernel_target`` answers "hip"); the
-launches are recorded instead of run, then compiled with Triton's AMD backend for each architecture (Triton's
-wheel carries that backend and its linker). It prints one line per compiled kernel variant and a summary, and
-exits 1 if any failed. tests/kernels/test_amd_compile.py runs it in a subprocess: TRITON_INTERPRET must be off
-when the kernels are defined.
+``python -m tests.kernels.kernel_compile [ARCH ...]`` (default: every architecture of :data:`ARCHS`). For each
+architecture, every kernel wrapper runs on small CPU tensors in the configuration it would launch with there
+(``kernel_target`` answers "hip" or "cuda"; shared memory is budgeted as on that GPU); the launches are recorded
+instead of run, then compiled with Triton's AMD or NVIDIA backend (Triton's wheel carries both, with their
+assembler and linker) and checked against the architecture's shared memory. It prints a line per failure and a
+summary, and exits 1 if any failed. tests/kernels/test_kernel_compile.py runs it in a subprocess:
+TRITON_INTERPRET must be off when the kernels are defined.
 
 The signature follows Triton's documented specialization: tensors as typed pointers, 16-byte aligned ones
 and integers divisible by 16 marked so, integers equal to 1 folded into constants (except the parameters a
@@ -47,10 +48,27 @@ from tests.kernels.test_packed_matmul import random_raw
 from tests.kernels.test_paged_attention import make_batch
 
 Q = GGMLQuantizationType
-# CDNA3 (MI300), CDNA2 (MI200): 64-lane wavefronts; RDNA3 (Radeon 7900): 32.
-ARCHS = {"gfx942": 64, "gfx90a": 64, "gfx1100": 32}
-# Local memory (LDS) a workgroup may use on all three.
-LDS_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Arch:
+    backend: str  # Triton's: "hip" or "cuda"
+    arch: str | int  # gfx name, or compute capability as 80 for 8.0
+    warp_size: int
+    shared_bytes: int  # shared memory (LDS) one program may use, opted in where the GPU allows more
+
+
+ARCHS = {
+    # AMD: CDNA3 (MI300), CDNA2 (MI200) with 64-lane wavefronts; RDNA3 (Radeon 7900) with 32.
+    "gfx942": Arch("hip", "gfx942", 64, 64 * 1024),
+    "gfx90a": Arch("hip", "gfx90a", 64, 64 * 1024),
+    "gfx1100": Arch("hip", "gfx1100", 32, 64 * 1024),
+    # NVIDIA: Turing (T4), Ampere (A100), Ada (L4, RTX 4090), Hopper (H100).
+    "sm75": Arch("cuda", 75, 32, 64 * 1024),
+    "sm80": Arch("cuda", 80, 32, 163 * 1024),
+    "sm89": Arch("cuda", 89, 32, 99 * 1024),
+    "sm90": Arch("cuda", 90, 32, 227 * 1024),
+}
 _DTYPES = {
     torch.float32: "fp32",
     torch.float16: "fp16",
@@ -127,17 +145,13 @@ def record_launches(calls: list[Callable[[], object]]) -> list[Launch]:
     return list({launch.key(): launch for launch in recorded}.values())
 
 
-def _as_hip(module: Any) -> None:
-    if hasattr(module, "kernel_target"):
-        module.kernel_target = lambda device: "hip"
-
-
-def rocm_launches() -> list[Launch]:
-    """The launches of every wrapper at small shapes, in their ROCm configuration."""
+def launches_for(arch: Arch) -> list[Launch]:
+    """The launches of every wrapper at small shapes, in their configuration on ``arch``."""
     for module in (packed_matmul, packed_gemv, paged_attention, quant_matmul, dequant_rows, norm_rope, rope_cache):
-        _as_hip(module)
-    # packed_matmul fits its stages to the device's shared memory, as it would to an AMD GPU's LDS.
-    packed_matmul._shared_budget = lambda device: int(0.85 * LDS_BYTES)
+        if hasattr(module, "kernel_target"):
+            module.kernel_target = lambda device: arch.backend
+    # packed_matmul fits its stages to the device's shared memory (the same 0.85 margin as on a GPU).
+    packed_matmul._shared_budget = lambda device: int(0.85 * arch.shared_bytes)
     # Split the attention keys as a large GPU would for few sequences, so that the split variant compiles too.
     paged_attention.SPLIT_BELOW_PROGRAMS = 10**9
     paged_attention.SPLIT_MIN_KEYS = 32
@@ -202,28 +216,30 @@ def _rope_store_kv(tokens: int, dtype: torch.dtype, style: str) -> torch.Tensor:
     return rope_cache.rope_store_kv_triton(qk, v, cos, sin, heads, *caches, slots, head_dim, style)
 
 
-def compile_for(launch: Launch, arch: str) -> None:
-    """Compile for ``arch``; raises if Triton refuses or the kernel needs more LDS than a workgroup gets."""
+def compile_for(launch: Launch, arch: Arch) -> None:
+    """Compile for ``arch``; raises if Triton refuses or the kernel needs more shared memory than a program gets."""
     source = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
-    compiled = triton.compile(source, target=GPUTarget("hip", arch, ARCHS[arch]), options=launch.options)
-    if compiled.metadata.shared > LDS_BYTES:
-        raise RuntimeError(f"needs {compiled.metadata.shared} bytes of LDS, more than {LDS_BYTES}")
+    target = GPUTarget(arch.backend, arch.arch, arch.warp_size)
+    compiled = triton.compile(source, target=target, options=launch.options)
+    if compiled.metadata.shared > arch.shared_bytes:
+        raise RuntimeError(f"needs {compiled.metadata.shared} bytes of shared memory, more than {arch.shared_bytes}")
 
 
-def main(archs: list[str]) -> int:
-    launches = rocm_launches()
-    kernels = sorted({launch.kernel.fn.__name__ for launch in launches})
-    failures = 0
-    for arch in archs:
+def main(names: list[str]) -> int:
+    failures = total = 0
+    kernels: set[str] = set()
+    for name in names:
+        launches = launches_for(ARCHS[name])
+        kernels |= {launch.kernel.fn.__name__ for launch in launches}
         for launch in launches:
-            name = launch.kernel.fn.__name__
+            total += 1
             try:
-                compile_for(launch, arch)
+                compile_for(launch, ARCHS[name])
             except Exception as exc:  # every failure is reported, then counted
                 failures += 1
-                print(f"FAIL {arch} {name} {launch.constexprs}: {type(exc).__name__}: {str(exc)[:400]}")
-    print(f"{len(launches)} launch variants of {len(kernels)} kernels ({', '.join(kernels)})")
-    print(f"compiled for {', '.join(archs)}: {len(launches) * len(archs) - failures} ok, {failures} failed")
+                print(f"FAIL {name} {launch.kernel.fn.__name__} {launch.constexprs}: {type(exc).__name__}: {exc}")
+    print(f"{len(kernels)} kernels ({', '.join(sorted(kernels))})")
+    print(f"compiled for {', '.join(names)}: {total - failures} launch variants ok, {failures} failed")
     return 1 if failures else 0
 
 
