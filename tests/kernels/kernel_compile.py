@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -216,28 +217,41 @@ def _rope_store_kv(tokens: int, dtype: torch.dtype, style: str) -> torch.Tensor:
     return rope_cache.rope_store_kv_triton(qk, v, cos, sin, heads, *caches, slots, head_dim, style)
 
 
-def compile_for(launch: Launch, arch: Arch) -> None:
-    """Compile for ``arch``; raises if Triton refuses or the kernel needs more shared memory than a program gets."""
+def compile_for(launch: Launch, arch: Arch) -> int:
+    """Compile for ``arch``: the registers spilled to scratch memory (AMD's code object says; 0 for NVIDIA).
+
+    Raises if Triton refuses or the kernel needs more shared memory than a program gets.
+    """
     source = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
     target = GPUTarget(arch.backend, arch.arch, arch.warp_size)
     compiled = triton.compile(source, target=target, options=launch.options)
     if compiled.metadata.shared > arch.shared_bytes:
         raise RuntimeError(f"needs {compiled.metadata.shared} bytes of shared memory, more than {arch.shared_bytes}")
+    spills = re.search(r"\.vgpr_spill_count:\s+(\d+)", compiled.asm.get("amdgcn", ""))
+    return int(spills.group(1)) if spills else 0
 
 
 def main(names: list[str]) -> int:
     failures = total = 0
     kernels: set[str] = set()
+    spilled: dict[tuple[str, str], int] = {}  # (arch, kernel) -> most registers one of its variants spills
     for name in names:
         launches = launches_for(ARCHS[name])
         kernels |= {launch.kernel.fn.__name__ for launch in launches}
         for launch in launches:
             total += 1
             try:
-                compile_for(launch, ARCHS[name])
+                spills = compile_for(launch, ARCHS[name])
             except Exception as exc:  # every failure is reported, then counted
                 failures += 1
                 print(f"FAIL {name} {launch.kernel.fn.__name__} {launch.constexprs}: {type(exc).__name__}: {exc}")
+                continue
+            if spills:
+                key = (name, launch.kernel.fn.__name__)
+                spilled[key] = max(spilled.get(key, 0), spills)
+    # Not a failure: a speed hint for tuning that architecture's launch configurations.
+    for (name, kernel), spills in sorted(spilled.items()):
+        print(f"spills {name} {kernel}: up to {spills} registers")
     print(f"{len(kernels)} kernels ({', '.join(sorted(kernels))})")
     print(f"compiled for {', '.join(names)}: {total - failures} launch variants ok, {failures} failed")
     return 1 if failures else 0
