@@ -29,8 +29,8 @@ class _Recording:
     def out_features(self) -> int:
         return self.linear.out_features
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.last = self.linear(x)
+    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        self.last = self.linear(x, out_dtype)
         return self.last
 
 

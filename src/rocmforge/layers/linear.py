@@ -16,12 +16,13 @@ import torch.nn.functional as F
 
 
 class LinearLayer(Protocol):
-    """What the decoder needs of a projection: ``y [M, out_features] = layer(x [M, in_features])`` in x's dtype."""
+    """What the decoder needs of a projection: ``y [M, out_features] = layer(x [M, in_features])`` in x's dtype,
+    or in ``out_dtype`` where given (the logits: float32 from bf16 activations)."""
 
     @property
     def out_features(self) -> int: ...
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor: ...
 
 
 class Linear:
@@ -33,9 +34,10 @@ class Linear:
     def out_features(self) -> int:
         return int(self.weight.shape[0])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x in any float dtype -> x's dtype; the product runs in the weight's dtype (bf16 matmuls on CPU)."""
-        y = matmul_rows(x.to(self.weight.dtype), self.weight).to(x.dtype)
+    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x in any float dtype -> ``out_dtype`` (x's by default); the product runs in the weight's dtype (bf16
+        matmuls on CPU)."""
+        y = matmul_rows(x.to(self.weight.dtype), self.weight).to(out_dtype or x.dtype)
         # In place: the output keeps x's dtype (a float32 bias would promote a bf16 activation to float32).
         return y.add_(self.bias) if self.bias is not None else y
 
@@ -100,8 +102,8 @@ class ConcatLinear:
     def out_features(self) -> int:
         return sum(part.out_features for part in self.parts)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([part(x) for part in self.parts], dim=-1)
+    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.cat([part(x, out_dtype) for part in self.parts], dim=-1)
 
 
 def split_projection(layer: LinearLayer, x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ Q8_0, 1.3-1.6x the GGUF-block kernel, BENCHMARKS.md; the one-row kernels of ``pa
 of rows M of x:
 
 * packed types, M <= :data:`FUSED_MAX_M` (1): ``packed_gemv`` (Q4_K, Q6_K) or ``packed_matmul``'s GEMV (Q8_0),
-  in x's dtype (float32 stays float32);
+  in x's dtype (float32 stays float32) or the ``out_dtype`` asked for (float32 logits from bf16 activations);
 * packed types, larger M: x is cast to the matmul dtype (bf16 by default) and multiplied by ``packed_matmul``,
   or, above :data:`PACKED_GEMM_MAX_M` (measured per type), by torch on the weight dequantized in chunks;
 * packed types with a float32 matmul dtype (the reference mode, as ``Linear`` on the weight dequantized at
@@ -224,61 +224,69 @@ class QuantLinear:
         rows = _dequantize_packed(self.packed.index_select(ids), dtype)
         return rows.view(*token_ids.shape, self.in_features)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x [..., in_features] in any float dtype -> [..., out_features] in x's dtype (plus the bias)."""
+    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x [..., in_features] in any float dtype -> [..., out_features] in ``out_dtype`` (x's by default), plus
+        the bias. The kernels write ``out_dtype`` themselves: float32 logits from bf16 activations are never
+        rounded to bf16 on the way."""
+        out_dtype = out_dtype or x.dtype
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: input of shape {tuple(x.shape)} for weight of shape {self.shape}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         m = x2.shape[0]
         if m == 0:
-            y = x2.new_empty((0, self.out_features))
+            y = x2.new_empty((0, self.out_features), dtype=out_dtype)
         elif self.qtype in _VIEW_DTYPES and m > fused_max_m(self.qtype) and _triton_on(x2.device):
-            y = self.float_matmul(x2)
+            y = self.float_matmul(x2, out_dtype)
         elif (
             m <= fused_max_m(self.qtype)
             and _triton_on(x2.device)
             and x2.dtype in _KERNEL_X_DTYPES
             and (self.packed is None or self.dtype in _HALF_DTYPES)
         ):
-            y = self.fused_matmul(x2)
+            y = self.fused_matmul(x2, out_dtype)
         else:
-            y = self.dequant_matmul(x2)
+            y = self.dequant_matmul(x2, out_dtype)
         y = y.reshape(*lead, self.out_features)
-        # In place: the output keeps x's dtype (a float32 bias would promote a bf16 activation to float32).
+        # In place: the output keeps its dtype (a float32 bias would promote a bf16 activation to float32).
         return y.add_(self.bias) if self.bias is not None else y
 
-    def float_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """F16/BF16 weights: cuBLAS on the bytes viewed as the [N, K] weight, x cast to its dtype; x's dtype."""
+    def float_matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """F16/BF16 weights: cuBLAS on the bytes viewed as the [N, K] weight, x cast to its dtype; ``out_dtype``
+        (x's by default)."""
         wdtype = _VIEW_DTYPES[self.qtype]
         weight = self._raw().view(wdtype).view(self.shape)
-        return F.linear(x.to(wdtype), weight).to(x.dtype)
+        return F.linear(x.to(wdtype), weight).to(out_dtype or x.dtype)
 
-    def fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` by a kernel that dequantizes inside the matmul (Triton device only), in x's dtype, no bias.
+    def fused_matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x @ W.T`` by a kernel that dequantizes inside the matmul (Triton device only), no bias, written by the
+        kernel in ``out_dtype`` (x's by default).
 
         Packed weights: ``packed_gemv`` for one row of Q4_K or Q6_K, else ``packed_matmul`` (any M); GGUF blocks:
         ``quant_matmul`` (M <= 16).
         """
+        out_dtype = out_dtype or x.dtype
         if self.packed is not None:
             from rocmforge.kernels.triton.packed_gemv import GEMV_TYPES, packed_gemv
             from rocmforge.kernels.triton.packed_matmul import packed_matmul
 
             if x.shape[0] == 1 and self.qtype in GEMV_TYPES:
-                return packed_gemv(x, self.packed, out_dtype=x.dtype)  # the faster single-row kernels
-            return packed_matmul(x, self.packed, out_dtype=x.dtype)
+                return packed_gemv(x, self.packed, out_dtype=out_dtype)  # the faster single-row kernels
+            return packed_matmul(x, self.packed, out_dtype=out_dtype)
         from rocmforge.kernels.triton.quant_matmul import quant_matmul
 
-        return quant_matmul(x, self._raw(), self.qtype, self.shape, out_dtype=x.dtype)
+        return quant_matmul(x, self._raw(), self.qtype, self.shape, out_dtype=out_dtype)
 
-    def dequant_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` in the matmul dtype (x cast to it), result in x's dtype, no bias (the large-M path).
+    def dequant_matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x @ W.T`` in the matmul dtype (x cast to it), result in ``out_dtype`` (x's by default), no bias (the
+        large-M path).
 
         Packed weights in a half matmul dtype up to :data:`PACKED_GEMM_MAX_M`: ``packed_matmul``. Otherwise W
         is dequantized to the matmul dtype in row chunks, each multiplied by torch: with float32 that is exactly
         what ``Linear`` computes on the weight dequantized at load (the reference mode).
         """
         n, k = self.shape
+        out_dtype = out_dtype or x.dtype
         xw = x.to(self.dtype)
         if (
             self.packed is not None
@@ -288,16 +296,16 @@ class QuantLinear:
         ):
             from rocmforge.kernels.triton.packed_matmul import packed_matmul
 
-            return packed_matmul(xw, self.packed, out_dtype=x.dtype)
+            return packed_matmul(xw, self.packed, out_dtype=out_dtype)
         align = self.packed.row_align if self.packed is not None else 1  # Q4_K/Q6_K slice at whole tiles
         rows = max(1, DEQUANT_CHUNK_BYTES // (k * self.dtype.itemsize) // align) * align
         if rows >= n:
-            return matmul_rows(xw, self.dequantize_weight()).to(x.dtype)
+            return matmul_rows(xw, self.dequantize_weight()).to(out_dtype)
         out = torch.empty((x.shape[0], n), dtype=self.dtype, device=x.device)
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             out[:, start:stop] = matmul_rows(xw, self.dequantize_weight(start, stop))
-        return out.to(x.dtype)
+        return out.to(out_dtype)
 
     def can_fuse(self, other: QuantLinear) -> bool:
         """Whether ``other`` can share one matrix with this layer, stacked after it (rows concatenate: blocks

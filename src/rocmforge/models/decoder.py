@@ -209,4 +209,4 @@ class DecoderModel:
             x, h = add_rms_norm(ffn, h, next_norm, cfg.rms_norm_eps)
         if logits_indices is not None:
             x = x[logits_indices]
-        return w.lm_head(x).float()
+        return w.lm_head(x, torch.float32)  # written in float32 by the GPU kernels: no bf16 rounding of logits
