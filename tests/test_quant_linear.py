@@ -24,6 +24,7 @@ from rocmforge.gguf.quants import dequantize
 from rocmforge.kernels.triton import interpreter_enabled, triton_available, triton_device
 from rocmforge.layers import quant_linear as ql
 from rocmforge.layers.linear import ConcatLinear, Linear, matmul_rows
+from rocmforge.layers.norm import DeferredRMSNorm
 from rocmforge.layers.quant_linear import QuantEmbedding, QuantLinear, embedding_rows
 from rocmforge.models.decoder import _fuse_linears
 from rocmforge.models.loader import load_model
@@ -428,6 +429,47 @@ def test_triton_loaded_model_matches_cpu(sized_model: ModelFile) -> None:
     for pos, token in enumerate([5, 9], start=len(tokens)):
         step_q = quantized.forward(torch.tensor([token]), pos, cache_q).cpu()
         torch.testing.assert_close(step_q, dense.forward(torch.tensor([token]), pos, cache_d), rtol=1e-4, atol=atol)
+
+
+@needs_triton
+def test_triton_decode_defers_rms_norm_to_the_next_projection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One-token steps over Q4_K/Q6_K projections: o_proj and down_proj end with the residual add and hand the
+    next projection a deferred RMSNorm (no add + norm launch); the logits match the unfused ops."""
+    device = triton_device()
+    path = write_sized_model(tmp_path / "kquants.gguf").path
+    deferred: list[DeferredRMSNorm] = []
+    fusing = QuantLinear.add_rms_norm
+
+    def counted(self: QuantLinear, *args: object) -> DeferredRMSNorm | None:
+        result = fusing(self, *args)  # type: ignore[arg-type]
+        if result is not None:
+            deferred.append(result)
+        return result
+
+    def decode(model: object) -> torch.Tensor:
+        cache = model.new_kv_cache(16)  # type: ignore[attr-defined]
+        model.forward(torch.tensor([3, 1, 4, 1, 5, 9]), 0, cache)  # type: ignore[attr-defined]  # a prefill
+        # all_logits: the output matrix (tied Q6_K) finishes the final norm itself.
+        steps = [model.forward(torch.tensor([t]), 6 + i, cache, all_logits=True) for i, t in enumerate([2, 6, 5])]  # type: ignore[attr-defined]
+        return torch.cat(steps).float().cpu()
+
+    model = load_model(path, torch.bfloat16, device, quantized=True)
+    monkeypatch.setattr(QuantLinear, "add_rms_norm", counted)
+    fused = decode(model)
+    assert len(deferred) == 3 * 2 * 2  # steps x layers x (o_proj, down_proj); the six-row prefill defers none
+    assert not any("normed" in vars(d) for d in deferred)  # every consumer finished the norm in its kernel
+    monkeypatch.setattr(QuantLinear, "add_rms_norm", lambda *args: None)
+    unfused = decode(model)
+    if device.type != "cuda":
+        # float32 activations on the CPU (the interpreter): only the order of float32 operations differs.
+        torch.testing.assert_close(fused, unfused, rtol=1e-4, atol=1e-4)
+        return
+    # bf16 activations on a GPU round in different places (the unfused path h * rstd * w, the fused one h * w):
+    # neither may stray further from the float32 CPU model than the other does.
+    reference = decode(load_model(path))
+    errors = [float((logits - reference).norm() / reference.norm()) for logits in (fused, unfused)]
+    print(f"bf16 logits' relative error against the float32 CPU model: fused {errors[0]:.3g}, unfused {errors[1]:.3g}")
+    assert errors[0] <= 1.5 * errors[1], f"relative error fused {errors[0]:.3g}, unfused {errors[1]:.3g}"
 
 
 @pytest.mark.skipif(TRITON_HERE, reason="the Triton tests run in this process")

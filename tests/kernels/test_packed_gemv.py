@@ -12,7 +12,8 @@ import torch
 from gguf.constants import GGMLQuantizationType
 
 from rocmforge.kernels.triton import triton_device
-from rocmforge.kernels.triton.packed_gemv import GemvConfig, packed_gemv
+from rocmforge.kernels.triton.packed_gemv import GemvConfig, RmsScale, packed_gemv, packed_gemv_add_rms_norm
+from rocmforge.layers.norm import rms_norm
 from rocmforge.layers.packed_weight import TILE_ROWS, PackedWeight, pack
 from tests.kernels.test_packed_matmul import RTOL_FP32, RTOL_HALF, assert_within, random_raw
 
@@ -61,6 +62,64 @@ def test_packed_gemv_reads_row_slices_of_a_fused_weight(qtype: GGMLQuantizationT
     out = packed_gemv(x.to(device), fused.rows(TILE_ROWS, TILE_ROWS + 70))
     assert out.shape == (1, 70)
     assert_within(out, x, raws[1], qtype, RTOL_FP32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("config", [None, GemvConfig(TILE_ROWS, 16, 2, 2)], ids=["committed", "split"])
+def test_add_rms_norm_epilogue_equals_the_unfused_ops(
+    qtype: GGMLQuantizationType, dtype: torch.dtype, config: GemvConfig | None
+) -> None:
+    """h = residual + x @ W.T, h * norm weight, and per-tile sums of h^2; N = 100 pads the last tile with
+    repeated rows, which must not reach the sums."""
+    device = triton_device()
+    n, k = 100, 512
+    raw = random_raw(qtype, n, k, seed=11)
+    gen = torch.Generator().manual_seed(11)
+    x, residual, norm_weight = (
+        torch.randn(1, k, generator=gen),
+        torch.randn(1, n, generator=gen),
+        torch.rand(n, generator=gen),
+    )
+    packed = pack(raw.to(device), qtype, (n, k))
+    scaled, h, sum_squares = packed_gemv_add_rms_norm(
+        x.to(device, dtype), packed, residual.to(device, dtype), norm_weight.to(device), config
+    )
+    assert scaled.dtype == h.dtype == dtype and scaled.shape == h.shape == (1, n) and sum_squares.shape == (2,)
+    # The product as the plain launch writes it, then the add in dtype: what an unfused add_rms_norm is given.
+    delta = packed_gemv(x.to(device, dtype), packed, config=config)
+    expected_h = residual.to(device, dtype) + delta
+    # Compiled kernels round to bf16 to nearest even as torch does; Triton's interpreter truncates (one ulp).
+    ulp = 2.0**-7 if dtype == torch.bfloat16 and device.type != "cuda" else 0.0
+    torch.testing.assert_close(h, expected_h, rtol=ulp, atol=0)
+    h32 = h.float()
+    torch.testing.assert_close(scaled.float(), (h32 * norm_weight.to(device)).to(dtype).float(), rtol=ulp, atol=0)
+    tiles = torch.stack([(h32[0, :64] ** 2).sum(), (h32[0, 64:] ** 2).sum()])
+    torch.testing.assert_close(sum_squares, tiles, rtol=1e-6, atol=0)
+    assert_split_finished(packed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(("producer", "consumer"), [(Q.Q4_K, Q.Q6_K), (Q.Q6_K, Q.Q4_K)], ids=["q4k-q6k", "q6k-q4k"])
+def test_rms_scaled_after_add_rms_norm_equals_the_norm_then_the_product(
+    producer: GGMLQuantizationType, consumer: GGMLQuantizationType, dtype: torch.dtype
+) -> None:
+    """The pair replaces projection -> add_rms_norm -> projection: W2 rms_norm(residual + W1 x)."""
+    device = triton_device()
+    hidden, k, n = 512, 256, 72
+    raw1, raw2 = random_raw(producer, hidden, k, seed=4), random_raw(consumer, n, hidden, seed=5)
+    gen = torch.Generator().manual_seed(4)
+    x, residual = torch.randn(1, k, generator=gen), torch.randn(1, hidden, generator=gen)
+    norm_weight, eps = torch.rand(hidden, generator=gen) + 0.5, 1e-6
+    w1, w2 = pack(raw1.to(device), producer, (hidden, k)), pack(raw2.to(device), consumer, (n, hidden))
+    scaled, h, sum_squares = packed_gemv_add_rms_norm(
+        x.to(device, dtype), w1, residual.to(device, dtype), norm_weight.to(device)
+    )
+    out = packed_gemv(scaled, w2, rms_scale=RmsScale(sum_squares, hidden, eps))
+    assert out.dtype == dtype and out.shape == (1, n)
+    normed = rms_norm(h, norm_weight.to(device), eps)  # what the unfused decoder gives the projection
+    # bf16: the unfused path rounds h * rstd * w, the fused one h * w (rstd multiplies the float32 sums).
+    assert_within(out.float(), normed.float(), raw2, consumer, RTOL_FP32 * 4 if dtype == torch.float32 else RTOL_HALF)
 
 
 def test_packed_gemv_rejects_other_shapes_and_types() -> None:

@@ -14,15 +14,18 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from rocmforge.layers.norm import DeferredRMSNorm, normed
+
 
 class LinearLayer(Protocol):
     """What the decoder needs of a projection: ``y [M, out_features] = layer(x [M, in_features])`` in x's dtype,
-    or in ``out_dtype`` where given (the logits: float32 from bf16 activations)."""
+    or in ``out_dtype`` where given (the logits: float32 from bf16 activations). x may be a
+    :class:`DeferredRMSNorm`: the normed activation, which a layer finishes itself or takes ``normed`` of."""
 
     @property
     def out_features(self) -> int: ...
 
-    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor | DeferredRMSNorm, out_dtype: torch.dtype | None = None) -> torch.Tensor: ...
 
 
 class Linear:
@@ -34,9 +37,10 @@ class Linear:
     def out_features(self) -> int:
         return int(self.weight.shape[0])
 
-    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | DeferredRMSNorm, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """x in any float dtype -> ``out_dtype`` (x's by default); the product runs in the weight's dtype (bf16
         matmuls on CPU)."""
+        x = normed(x)
         y = matmul_rows(x.to(self.weight.dtype), self.weight).to(out_dtype or x.dtype)
         # In place: the output keeps x's dtype (a float32 bias would promote a bf16 activation to float32).
         return y.add_(self.bias) if self.bias is not None else y
@@ -102,11 +106,11 @@ class ConcatLinear:
     def out_features(self) -> int:
         return sum(part.out_features for part in self.parts)
 
-    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | DeferredRMSNorm, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.cat([part(x, out_dtype) for part in self.parts], dim=-1)
 
 
-def split_projection(layer: LinearLayer, x: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+def split_projection(layer: LinearLayer, x: torch.Tensor | DeferredRMSNorm, sizes: Sequence[int]) -> list[torch.Tensor]:
     """``layer(x)`` split along the last dimension into chunks of ``sizes``.
 
     Where ``layer`` is a :class:`ConcatLinear` whose parts end at every chunk boundary (q and k sharing a Q4_K

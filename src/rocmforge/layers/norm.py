@@ -6,6 +6,8 @@ code below is the CPU path and the reference, checked against llama.cpp.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rocmforge.layers.gpu_kernels import fused_kernel_for
@@ -31,3 +33,26 @@ def add_rms_norm(
         return kernel(delta, residual, weight, eps)
     h = residual + delta
     return rms_norm(h, weight, eps), h
+
+
+class DeferredRMSNorm:
+    """``rms_norm(h, weight, eps)`` left for the next projection to finish: ``scaled = h * weight`` (activation
+    dtype) and float32 sums of h^2 per 64-row tile, written by the projection before it with the residual add
+    (``packed_gemv_add_rms_norm``). A one-row Q4_K/Q6_K projection multiplies ``scaled`` and applies
+    ``1 / sqrt(mean(h^2) + eps)`` to its outputs, so the norm costs no launch of its own; any other layer takes
+    :attr:`normed`, computed once on first use."""
+
+    def __init__(
+        self, h: torch.Tensor, weight: torch.Tensor, eps: float, scaled: torch.Tensor, sum_squares: torch.Tensor
+    ) -> None:
+        self.h, self.weight, self.eps = h, weight, eps
+        self.scaled, self.sum_squares = scaled, sum_squares
+
+    @functools.cached_property
+    def normed(self) -> torch.Tensor:
+        return rms_norm(self.h, self.weight, self.eps)
+
+
+def normed(x: torch.Tensor | DeferredRMSNorm) -> torch.Tensor:
+    """x as a tensor: a deferred norm computed (see :class:`DeferredRMSNorm`)."""
+    return x.normed if isinstance(x, DeferredRMSNorm) else x

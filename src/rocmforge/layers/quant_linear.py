@@ -40,6 +40,7 @@ from rocmforge.errors import UnsupportedModelError
 from rocmforge.gguf.quants import SUPPORTED_QUANT_TYPES, dequantize, quant_block_info
 from rocmforge.kernels.triton.availability import interpreter_enabled, triton_available
 from rocmforge.layers.linear import matmul_rows, stack_rows
+from rocmforge.layers.norm import DeferredRMSNorm
 from rocmforge.layers.packed_weight import PACKED_TYPES, PackedWeight, pack
 
 __all__ = [
@@ -224,10 +225,20 @@ class QuantLinear:
         rows = _dequantize_packed(self.packed.index_select(ids), dtype)
         return rows.view(*token_ids.shape, self.in_features)
 
-    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor | DeferredRMSNorm, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """x [..., in_features] in any float dtype -> [..., out_features] in ``out_dtype`` (x's by default), plus
         the bias. The kernels write ``out_dtype`` themselves: float32 logits from bf16 activations are never
-        rounded to bf16 on the way."""
+        rounded to bf16 on the way. A deferred RMSNorm is finished by the one-row kernel where it serves x (the
+        norm's factor applied to the outputs), else computed first."""
+        if isinstance(x, DeferredRMSNorm):
+            if not self._one_row_gemv(x.scaled):
+                return self(x.normed, out_dtype)
+            from rocmforge.kernels.triton.packed_gemv import RmsScale, packed_gemv
+
+            assert self.packed is not None  # _one_row_gemv
+            scale = RmsScale(x.sum_squares, x.h.shape[-1], x.eps)
+            y = packed_gemv(x.scaled, self.packed, out_dtype or x.scaled.dtype, rms_scale=scale)
+            return y.add_(self.bias) if self.bias is not None else y
         out_dtype = out_dtype or x.dtype
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: input of shape {tuple(x.shape)} for weight of shape {self.shape}")
@@ -250,6 +261,34 @@ class QuantLinear:
         y = y.reshape(*lead, self.out_features)
         # In place: the output keeps its dtype (a float32 bias would promote a bf16 activation to float32).
         return y.add_(self.bias) if self.bias is not None else y
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float
+    ) -> DeferredRMSNorm | None:
+        """``residual + self(x)`` and the RMSNorm after it, in this projection's launch, with the norm deferred to
+        the next projection (``packed_gemv_add_rms_norm``): None where the one-row kernel does not serve x (the
+        caller runs the projection and ``norm.add_rms_norm``), or a bias would come between."""
+        if self.bias is not None or residual.dtype != x.dtype or not self._one_row_gemv(x):
+            return None
+        from rocmforge.kernels.triton.packed_gemv import packed_gemv_add_rms_norm
+
+        assert self.packed is not None  # _one_row_gemv
+        scaled, h, sum_squares = packed_gemv_add_rms_norm(x, self.packed, residual, norm_weight)
+        return DeferredRMSNorm(h, norm_weight, eps, scaled, sum_squares)
+
+    def _one_row_gemv(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`fused_matmul` would give x (one row) to ``packed_gemv``."""
+        if (
+            self.packed is None
+            or self.dtype not in _HALF_DTYPES
+            or x.shape != (1, self.in_features)
+            or x.dtype not in _KERNEL_X_DTYPES
+            or not _triton_on(x.device)
+        ):
+            return False
+        from rocmforge.kernels.triton.packed_gemv import GEMV_TYPES
+
+        return self.qtype in GEMV_TYPES
 
     def float_matmul(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """F16/BF16 weights: cuBLAS on the bytes viewed as the [N, K] weight, x cast to its dtype; ``out_dtype``

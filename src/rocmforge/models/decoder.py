@@ -14,7 +14,7 @@ import torch
 from rocmforge.config import ModelConfig
 from rocmforge.layers.activation import gated_activation
 from rocmforge.layers.linear import ConcatLinear, Linear, LinearLayer, split_projection, stack_rows
-from rocmforge.layers.norm import add_rms_norm, rms_norm
+from rocmforge.layers.norm import DeferredRMSNorm, add_rms_norm, normed, rms_norm
 from rocmforge.layers.paged_attention import PagedAttentionMetadata, SequenceSlice, paged_attention
 from rocmforge.layers.quant_linear import QuantLinear
 from rocmforge.layers.rotary import RotaryEmbedding
@@ -54,6 +54,30 @@ class _FusedLayer:
     qkv_proj: LinearLayer  # q, k and v projections stacked on out_features: one matmul (and one cast) for three
     gate_up_proj: LinearLayer  # likewise gate and up
     qk_norm: torch.Tensor | None  # [num_heads + num_kv_heads, head_dim]: q_norm rows, then k_norm rows
+
+
+def _project_add_norm(
+    proj: LinearLayer,
+    x: torch.Tensor,
+    post_norm: torch.Tensor | None,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor | DeferredRMSNorm, torch.Tensor]:
+    """A projection, its optional post-norm (Gemma), the residual add and the next RMSNorm: (normed, h).
+
+    Where the projection's one-row kernel can end with the add and leave the norm to the next projection
+    (``QuantLinear.add_rms_norm``, decode steps of one sequence), normed is a :class:`DeferredRMSNorm` and the
+    add + norm launch is gone (64 of a 7B step's launches); otherwise the ops run one by one.
+    """
+    if post_norm is None and isinstance(proj, QuantLinear):
+        deferred = proj.add_rms_norm(x, residual, norm_weight, eps)
+        if deferred is not None:
+            return deferred, deferred.h
+    y = proj(x)
+    if post_norm is not None:
+        y = rms_norm(y, post_norm, eps)
+    return add_rms_norm(y, residual, norm_weight, eps)
 
 
 def _fuse_dense(linears: list[Linear]) -> Linear:
@@ -181,7 +205,8 @@ class DecoderModel:
         h = w.embed_tokens[token_ids].to(self.dtype)
         if cfg.embedding_scale != 1.0:
             h = h * cfg.embedding_scale
-        # h is the residual stream; each residual add is fused with the norm that follows it (add_rms_norm).
+        # h is the residual stream; each residual add is fused with the norm that follows it (add_rms_norm), or
+        # into the projection before it, the norm finished by the projection after it (_project_add_norm).
         x = rms_norm(h, w.layers[0].attn_norm, cfg.rms_norm_eps)
         for index, (layer, fused) in enumerate(zip(w.layers, self._fused, strict=True)):
             swa = cfg.sliding_window_layers[index]
@@ -197,16 +222,11 @@ class DecoderModel:
                 qk, v, cos, sin, cfg.num_heads, key_cache, value_cache, metadata.slot_mapping
             )
             attn = paged_attention(q, key_cache, value_cache, metadata, cfg.layer_window(index), cfg.attention_scale)
-            attn = layer.o_proj(attn)
-            if layer.post_attn_norm is not None:
-                attn = rms_norm(attn, layer.post_attn_norm, cfg.rms_norm_eps)
-            x, h = add_rms_norm(attn, h, layer.ffn_norm, cfg.rms_norm_eps)
+            x, h = _project_add_norm(layer.o_proj, attn, layer.post_attn_norm, h, layer.ffn_norm, cfg.rms_norm_eps)
             gate, up = split_projection(fused.gate_up_proj, x, (cfg.intermediate_size, cfg.intermediate_size))
-            ffn = layer.down_proj(gated_activation(gate, up, cfg.activation))
-            if layer.post_ffn_norm is not None:
-                ffn = rms_norm(ffn, layer.post_ffn_norm, cfg.rms_norm_eps)
+            act = gated_activation(gate, up, cfg.activation)
             next_norm = w.layers[index + 1].attn_norm if index + 1 < len(w.layers) else w.final_norm
-            x, h = add_rms_norm(ffn, h, next_norm, cfg.rms_norm_eps)
+            x, h = _project_add_norm(layer.down_proj, act, layer.post_ffn_norm, h, next_norm, cfg.rms_norm_eps)
         if logits_indices is not None:
-            x = x[logits_indices]
+            x = normed(x)[logits_indices]
         return w.lm_head(x, torch.float32)  # written in float32 by the GPU kernels: no bf16 rounding of logits

@@ -10,7 +10,8 @@ On an H200 (BENCHMARKS.md, "Q4_K column tiles", "Q6_K column tiles") they run 1.
 row-major kernels before them.
 
 K splits across programs until the grid has enough programs to keep memory busy; the float32 partials are
-summed by each tile's last program (``packed_matmul.finish_split``, deterministic).
+summed by each tile's last program (``packed_matmul.split_total``, deterministic), which can also finish the
+residual add and the next RMSNorm around the projection (:func:`packed_gemv_add_rms_norm`, :class:`RmsScale`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
-from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, finish_split, split_outputs
+from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, split_partials, split_total
 from rocmforge.layers.packed_weight import TILE_ROWS, PackedWeight
 
-__all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "packed_gemv"]
+__all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "RmsScale", "packed_gemv", "packed_gemv_add_rms_norm"]
 
 _Q = GGMLQuantizationType
 GEMV_TYPES = frozenset({_Q.Q4_K, _Q.Q6_K})
+
+# What a launch's finishing programs write (``_store_tile``).
+PLAIN: tl.constexpr = tl.constexpr(0)
+RMS_SCALED: tl.constexpr = tl.constexpr(1)
+ADD_RMS_NORM: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
@@ -52,13 +58,90 @@ def _tile_program(K, SPLIT_K, TQ: tl.constexpr):
 
 
 @triton.jit
-def _store_tile(out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, TQ: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
-    """Sum ``acc`` [CPT, 8, TQ, 1] over its sub-blocks: the tile's rows (below N) of this K split, finished by
-    ``finish_split`` (the tile's counter is ``counter_ptr[t]``)."""
+def _tile_rows(t, N, TQ: tl.constexpr):
+    """The output rows [CPT, TQ] of tile ``t`` in the layout of the summed tile, and which are below N."""
     CPT: tl.constexpr = 64 // TQ
-    total = tl.sum(tl.sum(acc, axis=3), axis=1)  # [CPT, TQ]
     rows = t * 64 + tl.arange(0, CPT)[:, None] * TQ + tl.arange(0, TQ)[None, :]
-    finish_split(out_ptr, part_ptr, counter_ptr + t, rows, rows < N, total, pid_k, SPLIT_K, N, SPLIT_BLOCK)
+    return rows, rows < N
+
+
+@triton.jit
+def _epilogue_operands(
+    t,
+    N,
+    norm_ptr,
+    residual_ptr,
+    sum_sq_ptr,
+    n_sum_sq,
+    norm_cols,
+    eps,
+    TQ: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    SUM_SQ_BLOCK: tl.constexpr,
+):
+    """What ``_store_tile``'s epilogue reads besides the sums, loaded before the K loop so that the loads' latency
+    hides behind it instead of lengthening the finishing program: the RMSNorm factor (``RMS_SCALED``: from
+    ``n_sum_sq`` per-tile sums of squares, added in one fixed order) and the tile's residual and norm weight
+    rows (``ADD_RMS_NORM``). Returns ``(scale, residual, weight)``; the unused ones are 1 and 0."""
+    rows, mask = _tile_rows(t, N, TQ)
+    scale = tl.full([], 1.0, tl.float32)
+    residual = tl.zeros(rows.shape, tl.float32)
+    weight = tl.zeros(rows.shape, tl.float32)
+    if EPILOGUE == RMS_SCALED:
+        parts = tl.arange(0, SUM_SQ_BLOCK)
+        sum_sq = tl.load(sum_sq_ptr + parts, mask=parts < n_sum_sq, other=0.0)
+        scale = tl.rsqrt(tl.sum(sum_sq, axis=0) / norm_cols + eps)
+    if EPILOGUE == ADD_RMS_NORM:
+        residual = tl.load(residual_ptr + rows, mask=mask, other=0.0).to(tl.float32)
+        weight = tl.load(norm_ptr + rows, mask=mask, other=0.0).to(tl.float32)
+    return scale, residual, weight
+
+
+@triton.jit
+def _store_tile(
+    out_ptr,
+    part_ptr,
+    counter_ptr,
+    acc,
+    t,
+    pid_k,
+    N,
+    SPLIT_K,
+    h_ptr,
+    sum_sq_ptr,
+    scale,
+    residual,
+    weight,
+    TQ: tl.constexpr,
+    SPLIT_BLOCK: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+):
+    """Sum ``acc`` [CPT, 8, TQ, 1] over its sub-blocks and K splits: the tile's rows (below N), finished by the
+    tile's last program (``split_total``; the tile's counter is ``counter_ptr[t]``), which writes them as
+    ``EPILOGUE`` says (``scale``, ``residual``, ``weight`` from :func:`_epilogue_operands`):
+
+    * ``PLAIN``: ``out = W x``.
+    * ``RMS_SCALED``: ``out = rstd * (W x)``, x being ``h * norm weight`` of an ``ADD_RMS_NORM`` launch and
+      ``rstd = 1 / sqrt(sum(h^2) / len(h) + eps)`` (``scale``, applied to each split's sums): ``W rms_norm(h)``
+      without a launch of its own for the norm.
+    * ``ADD_RMS_NORM``: the residual add and the first half of the next RMSNorm. ``h = residual + W x`` (W x
+      rounded to out's dtype first, as an unfused add sees it; h in h's dtype) goes to ``h_ptr``,
+      ``h * norm weight`` to ``out_ptr`` and the tile's ``sum(h^2)`` (float32) to ``sum_sq_ptr[t]``.
+    """
+    acc = tl.sum(tl.sum(acc, axis=3), axis=1)  # [CPT, TQ]
+    if EPILOGUE == RMS_SCALED:
+        acc = acc * scale
+    rows, mask = _tile_rows(t, N, TQ)
+    total, done = split_total(part_ptr, counter_ptr + t, rows, mask, acc, pid_k, SPLIT_K, N, SPLIT_BLOCK)
+    if done:
+        if EPILOGUE == ADD_RMS_NORM:
+            delta = total.to(out_ptr.dtype.element_ty).to(tl.float32)
+            h = (residual + delta).to(h_ptr.dtype.element_ty)
+            tl.store(h_ptr + rows, h, mask=mask)
+            h32 = tl.where(mask, h.to(tl.float32), 0.0)  # the rows past N repeat the last row's weights
+            tl.store(sum_sq_ptr + t, tl.sum(tl.sum(h32 * h32, axis=1), axis=0))
+            total = h32 * weight
+        tl.store(out_ptr + rows, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
@@ -75,12 +158,24 @@ def _q6_k_gemv_kernel(
     K,
     SPLIT_K,
     ONE,
+    norm_ptr,
+    residual_ptr,
+    h_ptr,
+    sum_sq_ptr,
+    n_sum_sq,
+    norm_cols,
+    eps,
     TQ: tl.constexpr,
     SPLIT_BLOCK: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    SUM_SQ_BLOCK: tl.constexpr,
 ):
     """One column tile (64 rows) of the Q6_K planes times x, over a range of super-blocks: Q4_K's kernel with
     6-bit quants (low nibble from ``ql``, top 2 bits from ``qh``) and a scale per 16-value half (e < 4, e >= 4)."""
     t, pid_k, c, g, j, start, stop = _tile_program(K, SPLIT_K, TQ)
+    scale, residual, weight = _epilogue_operands(
+        t, N, norm_ptr, residual_ptr, sum_sq_ptr, n_sum_sq, norm_cols, eps, TQ, EPILOGUE, SUM_SQ_BLOCK
+    )
     n_super = K // 256
     word_off = (g * 64 + c) * 4 + j  # ql, qh: [CPT, 8, TQ, 4]
     sc_off = (g * 64 + c) * 2 * ONE + 0 * j  # the halves' scales, [CPT, 8, TQ, 4] (see the Q4_K kernel)
@@ -98,7 +193,10 @@ def _q6_k_gemv_kernel(
         half1 = _q6_k_half_dot(ql, qh, x_ptr + sb * 256 + x_off, 4)
         # The scale tensors repeat along j (zero stride): max picks the one value without a layout change.
         acc += tl.max(d * sc0, axis=3, keep_dims=True) * half0 + tl.max(d * sc1, axis=3, keep_dims=True) * half1
-    _store_tile(out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, TQ, SPLIT_BLOCK)
+    _store_tile(
+        out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, h_ptr, sum_sq_ptr, scale, residual, weight, TQ,
+        SPLIT_BLOCK, EPILOGUE,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -134,8 +232,17 @@ def _q4_k_gemv_kernel(
     K,
     SPLIT_K,
     ONE,
+    norm_ptr,
+    residual_ptr,
+    h_ptr,
+    sum_sq_ptr,
+    n_sum_sq,
+    norm_cols,
+    eps,
     TQ: tl.constexpr,
     SPLIT_BLOCK: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    SUM_SQ_BLOCK: tl.constexpr,
 ):
     """One column tile (64 rows) of the Q4_K planes times x, over a range of super-blocks; see the module doc.
 
@@ -145,6 +252,9 @@ def _q4_k_gemv_kernel(
     the scale planes' contiguity along c, which would otherwise earn them another layout and a conversion
     through shared memory in every step."""
     t, pid_k, c, g, j, start, stop = _tile_program(K, SPLIT_K, TQ)
+    scale, residual, weight = _epilogue_operands(
+        t, N, norm_ptr, residual_ptr, sum_sq_ptr, n_sum_sq, norm_cols, eps, TQ, EPILOGUE, SUM_SQ_BLOCK
+    )
     n_super = K // 256
     # Offsets inside one super-block of the tile (loop-invariant) and the super-block's bases.
     word_off = (g * 64 + c) * 4 + j  # [CPT, 8, TQ, 4]
@@ -174,7 +284,10 @@ def _q4_k_gemv_kernel(
         dsc = tl.max(d * sc, axis=3, keep_dims=True)
         dmn = tl.max(dmin * mn, axis=3, keep_dims=True)
         acc += dsc * (dot - 16.0 * x_sum) - dmn * x_sum
-    _store_tile(out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, TQ, SPLIT_BLOCK)
+    _store_tile(
+        out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, h_ptr, sum_sq_ptr, scale, residual, weight, TQ,
+        SPLIT_BLOCK, EPILOGUE,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -204,11 +317,78 @@ CONFIGS: dict[GGMLQuantizationType, GemvConfig] = {
 }
 
 
+@dataclass(frozen=True)
+class RmsScale:
+    """The RMSNorm factor a :data:`RMS_SCALED` launch applies to its outputs: ``1 / sqrt(sum / cols + eps)``,
+    ``sum`` being the per-tile sums of squares an :func:`packed_gemv_add_rms_norm` launch wrote."""
+
+    sum_squares: torch.Tensor  # float32 [tiles]
+    cols: int
+    eps: float
+
+
 def packed_gemv(
-    x: torch.Tensor, weight: PackedWeight, out_dtype: torch.dtype | None = None, config: GemvConfig | None = None
+    x: torch.Tensor,
+    weight: PackedWeight,
+    out_dtype: torch.dtype | None = None,
+    config: GemvConfig | None = None,
+    *,
+    rms_scale: RmsScale | None = None,
 ) -> torch.Tensor:
     """``x @ W.T`` for one row x (1, K) float32/float16/bfloat16 and a packed Q4_K or Q6_K weight: (1, N) of
-    out_dtype. ``config`` overrides the type's :data:`CONFIGS` entry (tests, benchmarks)."""
+    out_dtype, times ``rms_scale``'s factor where given. ``config`` overrides the type's :data:`CONFIGS` entry
+    (tests, benchmarks)."""
+    out = torch.empty((1, weight.shape[0]), dtype=out_dtype or x.dtype, device=x.device)
+    if rms_scale is None:
+        _launch(x, weight, out, config, PLAIN.value)
+    else:
+        _launch(x, weight, out, config, RMS_SCALED.value, sum_squares=rms_scale.sum_squares, norm_cols=rms_scale.cols,
+                eps=rms_scale.eps)  # fmt: skip
+    return out
+
+
+def packed_gemv_add_rms_norm(
+    x: torch.Tensor,
+    weight: PackedWeight,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    config: GemvConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The residual add after a projection and the part of the next RMSNorm that needs no global sum.
+
+    ``h = residual + x @ W.T`` (the product rounded to residual's dtype first, as an unfused add sees it) and,
+    in residual's dtype, ``h * norm_weight``. Returns ``(scaled, h, sum_squares)``: ``sum_squares`` holds
+    float32 ``sum(h^2)`` per 64-row tile, from which a :data:`RMS_SCALED` launch over ``scaled`` finishes
+    ``rms_norm(h) @ W2.T`` (:class:`RmsScale`).
+    """
+    n = weight.shape[0]
+    if residual.shape != (1, n) or norm_weight.shape != (n,) or residual.device != x.device:
+        raise ValueError(
+            f"packed_gemv_add_rms_norm: residual (1, {n}) and norm weight ({n},) on {x.device}, got "
+            f"{tuple(residual.shape)}, {tuple(norm_weight.shape)} on {residual.device}"
+        )
+    scaled = torch.empty((1, n), dtype=residual.dtype, device=x.device)
+    h = torch.empty_like(scaled)
+    sum_squares = torch.empty(triton.cdiv(n, TILE_ROWS), dtype=torch.float32, device=x.device)
+    norm, residual = norm_weight.contiguous(), residual.contiguous()
+    _launch(x, weight, scaled, config, ADD_RMS_NORM.value, norm=norm, residual=residual, h=h, sum_squares=sum_squares)
+    return scaled, h, sum_squares
+
+
+def _launch(
+    x: torch.Tensor,
+    weight: PackedWeight,
+    out: torch.Tensor,
+    config: GemvConfig | None,
+    epilogue: int,
+    *,
+    norm: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    h: torch.Tensor | None = None,
+    sum_squares: torch.Tensor | None = None,
+    norm_cols: int = 1,
+    eps: float = 0.0,
+) -> None:
     n, k = weight.shape
     if weight.qtype not in GEMV_TYPES:
         raise ValueError(f"packed_gemv: {weight.qtype.name} is not one of {sorted(t.name for t in GEMV_TYPES)}")
@@ -219,14 +399,14 @@ def packed_gemv(
     config = config or CONFIGS[weight.qtype]
     if config.block_n != TILE_ROWS or config.rows_per_thread not in (1, 2, 4):
         raise ValueError(f"packed_gemv: block_n {TILE_ROWS} (the column tile), 1, 2 or 4 rows a thread; got {config}")
-    out_dtype = out_dtype or x.dtype
     x = x.contiguous()
     grid_n = triton.cdiv(n, config.block_n)
     # Programs read one super-block a step from contiguous tiles: a split may be a single step.
     split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device, 1)
-    out, partials = split_outputs(weight, 1, n, split, grid_n, out_dtype, x.device)
+    partials = split_partials(weight, out, split, grid_n)
     kernel = _q4_k_gemv_kernel if weight.qtype == _Q.Q4_K else _q6_k_gemv_kernel
     planes = (p.contiguous() for p in weight.planes)
+    n_sum_sq = sum_squares.numel() if sum_squares is not None else 1
     kernel[(grid_n, split)](
         x,
         out,
@@ -237,8 +417,16 @@ def packed_gemv(
         k,
         split,
         1,
+        norm if norm is not None else out,  # unused pointers stand in as out
+        residual if residual is not None else out,
+        h if h is not None else out,
+        sum_squares if sum_squares is not None else out,
+        n_sum_sq,
+        norm_cols,
+        eps,
         TQ=TILE_ROWS // config.rows_per_thread,
         SPLIT_BLOCK=triton.next_power_of_2(split),
+        EPILOGUE=epilogue,
+        SUM_SQ_BLOCK=triton.next_power_of_2(n_sum_sq),
         num_warps=config.num_warps,
     )
-    return out

@@ -218,20 +218,22 @@ def _packed_matmul_kernel(
 
 
 @triton.jit
-def finish_split(out_ptr, part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K, MN, SPLIT_BLOCK: tl.constexpr):
-    """Write a program's ``acc`` (float32, its sum over its range of K) for the outputs at ``offs``.
+def split_total(part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K, MN, SPLIT_BLOCK: tl.constexpr):
+    """A program's ``acc`` (float32, its sum over its range of K) for the outputs at ``offs``, summed over K.
 
-    Unsplit: straight into ``out_ptr`` in its dtype. Split: into this split's float32 partials at ``part_ptr``;
-    then the tile's last program to arrive (``split_arrival``, a counter per output tile at ``counter_ptr``) adds the
-    SPLIT_K partials in split order, the same sum whichever program comes last (deterministic, no float
-    atomics), writes ``out_ptr`` and sets the counter back to zero for the next launch. That replaces a second
-    kernel, a graph node and its gap, per split matmul.
+    Returns ``(total, done)``: done is true in the program that finishes the tile, whose total is the sum over
+    all of K. Unsplit: every program, its own ``acc``. Split: each program stores its float32 partials at
+    ``part_ptr``; the tile's last program to arrive (``split_arrival``, a counter per output tile at
+    ``counter_ptr``) adds the SPLIT_K partials in split order, the same sum whichever program comes last
+    (deterministic, no float atomics), and sets the counter back to zero for the next launch. That replaces a
+    second kernel, a graph node and its gap, per split matmul.
     """
-    if SPLIT_K == 1:
-        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-    else:
+    total = acc
+    done = pid_k >= 0
+    if SPLIT_K > 1:
         tl.store(part_ptr + pid_k * MN + offs, acc, mask=mask)
-        if last_to_arrive(counter_ptr, SPLIT_K):
+        done = last_to_arrive(counter_ptr, SPLIT_K)
+        if done:
             total = tl.zeros_like(acc)
             # Unrolled to SPLIT_BLOCK (SPLIT_K rounded up to a power of two): the loads leave together, one L2
             # round trip instead of SPLIT_K. .cg reads L2, where the other programs' partials are, never a stale
@@ -239,8 +241,16 @@ def finish_split(out_ptr, part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K
             for s in tl.static_range(SPLIT_BLOCK):
                 in_split = mask & (tl.full(offs.shape, s, tl.int32) < SPLIT_K)  # full: the interpreter's masks
                 total += tl.load(part_ptr + s * MN + offs, mask=in_split, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
             tl.store(counter_ptr, 0)
+    return total, done
+
+
+@triton.jit
+def finish_split(out_ptr, part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K, MN, SPLIT_BLOCK: tl.constexpr):
+    """:func:`split_total`, then the finishing program writes the total to ``out_ptr`` in its dtype."""
+    total, done = split_total(part_ptr, counter_ptr, offs, mask, acc, pid_k, SPLIT_K, MN, SPLIT_BLOCK)
+    if done:
+        tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -447,19 +457,24 @@ def split_outputs(
     weight: PackedWeight, m: int, n: int, split: int, tiles: int, out_dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The (M, N) output, and the float32 partials (split, M, N) of a launch over ``tiles`` output tiles split
-    ``split`` ways over K, which :func:`finish_split` adds into it (the output itself stands in when not split:
+    ``split`` ways over K, which :func:`split_total` adds up (the output itself stands in when not split:
     nothing writes it).
 
     Raises:
         ValueError: a split launch has more output tiles than ``weight`` has counters (only explicit configs).
     """
+    out = torch.empty((m, n), dtype=out_dtype, device=device)
+    return out, split_partials(weight, out, split, tiles)
+
+
+def split_partials(weight: PackedWeight, out: torch.Tensor, split: int, tiles: int) -> torch.Tensor:
+    """The float32 partials (split, *out.shape) of a launch writing ``out`` (``out`` itself when not split);
+    raises ValueError as :func:`split_outputs`."""
     if split > 1 and tiles > weight.split_counters.numel():
         raise ValueError(
             f"{tiles} output tiles split over K exceed the weight's {weight.split_counters.numel()} counters"
         )
-    out = torch.empty((m, n), dtype=out_dtype, device=device)
-    partials = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=device)
-    return out, partials
+    return out if split == 1 else torch.empty((split, *out.shape), dtype=torch.float32, device=out.device)
 
 
 def dequantize_packed(weight: PackedWeight, dtype: torch.dtype = torch.float32) -> torch.Tensor:
