@@ -167,6 +167,12 @@ def launches_for(arch: Arch) -> list[Launch]:
         if qtype in packed_gemv.GEMV_TYPES:
             for dtype in (torch.bfloat16, torch.float32):
                 calls.append(lambda p=packed, d=dtype: packed_gemv.packed_gemv(torch.randn(1, 512, dtype=d), p))
+            # The epilogues: the residual add + norm sums, and the norm's factor on the next projection.
+            residual, norm = torch.randn(1, 128, dtype=torch.bfloat16), torch.randn(128)
+            x = torch.randn(1, 512, dtype=torch.bfloat16)
+            calls.append(lambda p=packed, x=x, r=residual, w=norm: packed_gemv.packed_gemv_add_rms_norm(x, p, r, w))
+            scale = packed_gemv.RmsScale(torch.rand(8), 512, 1e-6)
+            calls.append(lambda p=packed, x=x, s=scale: packed_gemv.packed_gemv(x, p, rms_scale=s))
     for qtype in sorted(quant_matmul.TRITON_QUANT_TYPES, key=lambda t: t.value):
         raw = random_raw(qtype, 64, 512, seed=2)
         x = torch.randn(4, 512, dtype=torch.bfloat16)

@@ -21,8 +21,7 @@ import pytest
 EXPECTED_KERNELS = {
     "_packed_matmul_kernel",
     "_dequant_kernel",
-    "_q4_k_gemv_kernel",
-    "_q6_k_gemv_kernel",
+    "_gemv_kernel",
     "_quant_matmul_kernel",
     "_paged_attention_kernel",
     "_rope_store_kv_kernel",

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from gguf.constants import GGMLQuantizationType
 
-from rocmforge.kernels.triton.packed_matmul import _auto_split, exact_float, split_partials, split_total
+from rocmforge.kernels.triton.packed_matmul import Q4_K, _auto_split, _planes, exact_float, split_partials, split_total
 from rocmforge.layers.packed_weight import TILE_ROWS, PackedWeight
 
 __all__ = ["CONFIGS", "GEMV_TYPES", "GemvConfig", "RmsScale", "packed_gemv", "packed_gemv_add_rms_norm"]
@@ -145,15 +145,16 @@ def _store_tile(
 
 
 @triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
-def _q6_k_gemv_kernel(
+def _gemv_kernel(
     x_ptr,
     out_ptr,
     part_ptr,
     counter_ptr,
-    ql_ptr,
-    qh_ptr,
-    sc_ptr,
-    d_ptr,
+    p0,
+    p1,
+    p2,
+    p3,
+    p4,
     N,
     K,
     SPLIT_K,
@@ -165,20 +166,35 @@ def _q6_k_gemv_kernel(
     n_sum_sq,
     norm_cols,
     eps,
+    QTYPE: tl.constexpr,
     TQ: tl.constexpr,
     SPLIT_BLOCK: tl.constexpr,
     EPILOGUE: tl.constexpr,
     SUM_SQ_BLOCK: tl.constexpr,
 ):
-    """One column tile (64 rows) of the Q6_K planes times x, over a range of super-blocks: Q4_K's kernel with
-    6-bit quants (low nibble from ``ql``, top 2 bits from ``qh``) and a scale per 16-value half (e < 4, e >= 4)."""
+    """One column tile (64 rows) of a Q4_K (planes qs, sc, mn, d, dmin) or Q6_K (ql, qh, sc, d) weight times x,
+    over a range of super-blocks, finished by ``_store_tile``; see the module doc and the loops'."""
     t, pid_k, c, g, j, start, stop = _tile_program(K, SPLIT_K, TQ)
     scale, residual, weight = _epilogue_operands(
         t, N, norm_ptr, residual_ptr, sum_sq_ptr, n_sum_sq, norm_cols, eps, TQ, EPILOGUE, SUM_SQ_BLOCK
     )
+    if QTYPE == Q4_K:
+        acc = _q4_k_sums(x_ptr, p0, p1, p2, p3, p4, K, ONE, t, c, g, j, start, stop, TQ)
+    else:
+        acc = _q6_k_sums(x_ptr, p0, p1, p2, p3, K, ONE, t, c, g, j, start, stop, TQ)
+    _store_tile(
+        out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, h_ptr, sum_sq_ptr, scale, residual, weight, TQ,
+        SPLIT_BLOCK, EPILOGUE,
+    )  # fmt: skip
+
+
+@triton.jit
+def _q6_k_sums(x_ptr, ql_ptr, qh_ptr, sc_ptr, d_ptr, K, ONE, t, c, g, j, start, stop, TQ: tl.constexpr):
+    """The tile's sums [CPT, 8, TQ, 1] over super-blocks start..stop of the Q6_K planes: the Q4_K loop with
+    6-bit quants (low nibble from ``ql``, top 2 bits from ``qh``) and a scale per 16-value half (e < 4, e >= 4)."""
     n_super = K // 256
     word_off = (g * 64 + c) * 4 + j  # ql, qh: [CPT, 8, TQ, 4]
-    sc_off = (g * 64 + c) * 2 * ONE + 0 * j  # the halves' scales, [CPT, 8, TQ, 4] (see the Q4_K kernel)
+    sc_off = (g * 64 + c) * 2 * ONE + 0 * j  # the halves' scales, [CPT, 8, TQ, 4] (see the Q4_K loop)
     row_off = c * ONE + 0 * (g + j)  # d
     x_off = 32 * g + j  # [1, 8, 1, 4]
     acc = tl.zeros((64 // TQ, 8, TQ, 1), dtype=tl.float32)  # [CPT, 8, TQ, 1]
@@ -193,10 +209,7 @@ def _q6_k_gemv_kernel(
         half1 = _q6_k_half_dot(ql, qh, x_ptr + sb * 256 + x_off, 4)
         # The scale tensors repeat along j (zero stride): max picks the one value without a layout change.
         acc += tl.max(d * sc0, axis=3, keep_dims=True) * half0 + tl.max(d * sc1, axis=3, keep_dims=True) * half1
-    _store_tile(
-        out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, h_ptr, sum_sq_ptr, scale, residual, weight, TQ,
-        SPLIT_BLOCK, EPILOGUE,
-    )  # fmt: skip
+    return acc
 
 
 @triton.jit
@@ -217,44 +230,15 @@ def _q6_k_half_dot(ql, qh, x_ptrs, E0: tl.constexpr):
     return tl.sum(dot - 96.0 * x_sum, axis=3, keep_dims=True)
 
 
-@triton.jit(do_not_specialize=["SPLIT_K", "ONE"])
-def _q4_k_gemv_kernel(
-    x_ptr,
-    out_ptr,
-    part_ptr,
-    counter_ptr,
-    qs_ptr,
-    sc_ptr,
-    mn_ptr,
-    d_ptr,
-    dmin_ptr,
-    N,
-    K,
-    SPLIT_K,
-    ONE,
-    norm_ptr,
-    residual_ptr,
-    h_ptr,
-    sum_sq_ptr,
-    n_sum_sq,
-    norm_cols,
-    eps,
-    TQ: tl.constexpr,
-    SPLIT_BLOCK: tl.constexpr,
-    EPILOGUE: tl.constexpr,
-    SUM_SQ_BLOCK: tl.constexpr,
-):
-    """One column tile (64 rows) of the Q4_K planes times x, over a range of super-blocks; see the module doc.
+@triton.jit
+def _q4_k_sums(x_ptr, qs_ptr, sc_ptr, mn_ptr, d_ptr, dmin_ptr, K, ONE, t, c, g, j, start, stop, TQ: tl.constexpr):
+    """The tile's sums [CPT, 8, TQ, 1] over super-blocks start..stop of the Q4_K planes.
 
     The tile is [CPT, 8 (sub-block g), TQ, 4 (word j)] for row c = cc * TQ + cq: the loads' only contiguous axis
     is j, so Triton gives every load one layout with j in a thread (16-byte word loads, x loads of 4 values
     shared by the thread's CPT rows) and the per-sub-block sums stay in registers. ``ONE`` (1 at run time) hides
     the scale planes' contiguity along c, which would otherwise earn them another layout and a conversion
     through shared memory in every step."""
-    t, pid_k, c, g, j, start, stop = _tile_program(K, SPLIT_K, TQ)
-    scale, residual, weight = _epilogue_operands(
-        t, N, norm_ptr, residual_ptr, sum_sq_ptr, n_sum_sq, norm_cols, eps, TQ, EPILOGUE, SUM_SQ_BLOCK
-    )
     n_super = K // 256
     # Offsets inside one super-block of the tile (loop-invariant) and the super-block's bases.
     word_off = (g * 64 + c) * 4 + j  # [CPT, 8, TQ, 4]
@@ -284,10 +268,7 @@ def _q4_k_gemv_kernel(
         dsc = tl.max(d * sc, axis=3, keep_dims=True)
         dmn = tl.max(dmin * mn, axis=3, keep_dims=True)
         acc += dsc * (dot - 16.0 * x_sum) - dmn * x_sum
-    _store_tile(
-        out_ptr, part_ptr, counter_ptr, acc, t, pid_k, N, SPLIT_K, h_ptr, sum_sq_ptr, scale, residual, weight, TQ,
-        SPLIT_BLOCK, EPILOGUE,
-    )  # fmt: skip
+    return acc
 
 
 @triton.jit
@@ -404,15 +385,13 @@ def _launch(
     # Programs read one super-block a step from contiguous tiles: a split may be a single step.
     split = _auto_split(grid_n, k // 256, config.programs_per_sm, x.device, 1)
     partials = split_partials(weight, out, split, grid_n)
-    kernel = _q4_k_gemv_kernel if weight.qtype == _Q.Q4_K else _q6_k_gemv_kernel
-    planes = (p.contiguous() for p in weight.planes)
     n_sum_sq = sum_squares.numel() if sum_squares is not None else 1
-    kernel[(grid_n, split)](
+    _gemv_kernel[(grid_n, split)](
         x,
         out,
         partials,
         weight.split_counters,
-        *planes,
+        *_planes(weight),
         n,
         k,
         split,
@@ -424,6 +403,7 @@ def _launch(
         n_sum_sq,
         norm_cols,
         eps,
+        QTYPE=int(weight.qtype.value),
         TQ=TILE_ROWS // config.rows_per_thread,
         SPLIT_BLOCK=triton.next_power_of_2(split),
         EPILOGUE=epilogue,
