@@ -42,7 +42,7 @@ class Linear:
         matmuls on CPU)."""
         x = normed(x)
         y = matmul_rows(x.to(self.weight.dtype), self.weight).to(out_dtype or x.dtype)
-        # In place: the output keeps x's dtype (a float32 bias would promote a bf16 activation to float32).
+        # In place: the output keeps its dtype (a float32 bias would promote a bf16 activation to float32).
         return y.add_(self.bias) if self.bias is not None else y
 
 
