@@ -277,7 +277,8 @@ class QuantLinear:
         return DeferredRMSNorm(h, norm_weight, eps, scaled, sum_squares)
 
     def _one_row_gemv(self, x: torch.Tensor) -> bool:
-        """Whether :meth:`fused_matmul` would give x (one row) to ``packed_gemv``."""
+        """Whether x is one row that ``packed_gemv`` serves: :meth:`fused_matmul`'s choice of kernel, and where a
+        deferred RMSNorm can be finished inside the projection (:meth:`add_rms_norm`, :meth:`__call__`)."""
         if (
             self.packed is None
             or self.dtype not in _HALF_DTYPES
@@ -306,10 +307,10 @@ class QuantLinear:
         """
         out_dtype = out_dtype or x.dtype
         if self.packed is not None:
-            from rocmforge.kernels.triton.packed_gemv import GEMV_TYPES, packed_gemv
+            from rocmforge.kernels.triton.packed_gemv import packed_gemv
             from rocmforge.kernels.triton.packed_matmul import packed_matmul
 
-            if x.shape[0] == 1 and self.qtype in GEMV_TYPES:
+            if self._one_row_gemv(x):
                 return packed_gemv(x, self.packed, out_dtype=out_dtype)  # the faster single-row kernels
             return packed_matmul(x, self.packed, out_dtype=out_dtype)
         from rocmforge.kernels.triton.quant_matmul import quant_matmul
